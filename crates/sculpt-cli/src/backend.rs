@@ -1,0 +1,47 @@
+//! Backend choice: CPU (burn's `flex`) always, `wgpu` and `cuda` when compiled in. The library
+//! crates are generic over `burn::tensor::backend::Backend`; this is the one place that names
+//! concrete backends.
+
+use clap::ValueEnum;
+
+/// A compute backend selectable on the command line.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// Pure-Rust CPU backend (burn-flex).
+    Cpu,
+    /// WGPU: Vulkan, Metal or DX12 (Mesa lavapipe on machines without a GPU). Needs `--features wgpu`.
+    Wgpu,
+    /// NVIDIA CUDA. Needs `--features cuda`.
+    Cuda,
+}
+
+/// Run `$body` with `$B` bound to the backend type of `$kind` and `$device` to its default device.
+macro_rules! dispatch {
+    ($kind:expr, |$B:ident, $device:ident| $body:expr) => {{
+        match $kind {
+            $crate::backend::BackendKind::Cpu => {
+                type $B = burn::backend::Flex;
+                let $device = burn::tensor::Device::<$B>::default();
+                $body
+            }
+            #[cfg(feature = "wgpu")]
+            $crate::backend::BackendKind::Wgpu => {
+                type $B = burn::backend::Wgpu;
+                let $device = burn::tensor::Device::<$B>::default();
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::backend::BackendKind::Cuda => {
+                type $B = burn::backend::Cuda;
+                let $device = burn::tensor::Device::<$B>::default();
+                $body
+            }
+            #[allow(unreachable_patterns)]
+            other => Err(anyhow::anyhow!(
+                "backend {other:?} is not compiled into this binary; rebuild with `--features {}`",
+                format!("{other:?}").to_lowercase()
+            )),
+        }
+    }};
+}
+pub(crate) use dispatch;

@@ -1,0 +1,108 @@
+//! `sculpt`: the command-line entry point. Parses arguments, picks the backend, sets up logging.
+
+mod backend;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use sculpt_models::{Pretrained, StoreDtype};
+
+use crate::backend::BackendKind;
+
+/// Continual fine-tuning of language models with orthogonal subspaces (OSFT).
+#[derive(Parser, Debug)]
+#[command(name = "sculpt", version, about)]
+struct Cli {
+    /// Compute backend.
+    #[arg(long, global = true, value_enum, default_value_t = BackendKind::Cpu)]
+    backend: BackendKind,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Greedy generation: prints the continuation of the prompt (text only) on stdout.
+    Generate {
+        /// A Hugging Face model folder or a LLaMA-architecture .gguf file.
+        #[arg(long)]
+        model: PathBuf,
+        /// The prompt text.
+        #[arg(long)]
+        prompt: String,
+        /// Upper bound on generated tokens (generation stops earlier at end-of-sequence).
+        #[arg(long, default_value_t = 32)]
+        max_new_tokens: usize,
+    },
+    /// Load a model (folder or .gguf) and write it as a Hugging Face folder.
+    Convert {
+        /// Source folder or .gguf file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Destination folder (replaced atomically if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        /// Weight dtype of the written checkpoint (default: the source's).
+        #[arg(long, value_enum)]
+        dtype: Option<DtypeArg>,
+    },
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<DtypeArg> for StoreDtype {
+    fn from(d: DtypeArg) -> Self {
+        match d {
+            DtypeArg::F32 => StoreDtype::F32,
+            DtypeArg::F16 => StoreDtype::F16,
+            DtypeArg::Bf16 => StoreDtype::BF16,
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SCULPT_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    crate::backend::dispatch!(cli.backend, |B, device| run_on::<B>(cli.command, &device))
+}
+
+fn run_on<B: burn::tensor::backend::Backend>(command: Command, device: &B::Device) -> anyhow::Result<()> {
+    match command {
+        Command::Generate { model, prompt, max_new_tokens } => {
+            let t0 = std::time::Instant::now();
+            let m = Pretrained::<B>::load(&model, device).with_context(|| format!("loading {}", model.display()))?;
+            tracing::info!(family = m.model.family(), secs = t0.elapsed().as_secs_f32(), "model loaded");
+            let t1 = std::time::Instant::now();
+            let (ids, text) = m.generate(&prompt, max_new_tokens, device)?;
+            let secs = t1.elapsed().as_secs_f32();
+            tracing::info!(tokens = ids.len(), secs, tok_per_s = ids.len() as f32 / secs.max(1e-9), "generated");
+            println!("{text}");
+            Ok(())
+        }
+        Command::Convert { model, out, dtype } => {
+            let m = Pretrained::<B>::load(&model, device).with_context(|| format!("loading {}", model.display()))?;
+            m.save(&out, dtype.map(Into::into)).with_context(|| format!("writing {}", out.display()))?;
+            tracing::info!(out = %out.display(), "saved");
+            Ok(())
+        }
+    }
+}

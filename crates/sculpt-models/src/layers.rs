@@ -1,0 +1,183 @@
+//! Building blocks shared by T5 and LLaMA: a Hugging Face–layout linear layer, RMS norm, an
+//! embedding table, and the conversions between burn tensors and [`HostTensor`]s.
+//!
+//! Weight layout: [`Linear::weight`] is stored `[out, in]` exactly as PyTorch / Hugging Face store
+//! it (burn's own `nn::Linear` stores `[in, out]`), so a checkpoint tensor maps onto a parameter
+//! without a transpose and `W` means the same matrix here as in the OSFT spec (`y = W x`).
+
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::error::Result;
+use crate::host::{HostTensor, TensorMap};
+
+/// Upload a host tensor as a float tensor of rank `D`.
+pub fn to_tensor<B: Backend, const D: usize>(t: HostTensor, device: &B::Device) -> Tensor<B, D> {
+    assert_eq!(t.shape.len(), D, "to_tensor: rank {} tensor into rank {D}", t.shape.len());
+    Tensor::from_data(TensorData::new(t.data, t.shape), device)
+}
+
+/// Download a float tensor to the host as f32.
+pub fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> HostTensor {
+    let shape = t.dims().to_vec();
+    let data = t.into_data().convert::<f32>().into_vec::<f32>().expect("f32 tensor data");
+    HostTensor::new(shape, data)
+}
+
+/// An int tensor `[rows, cols]` from token ids.
+pub fn ids_tensor<B: Backend>(rows: &[Vec<u32>], device: &B::Device) -> Tensor<B, 2, Int> {
+    let cols = rows.first().map_or(0, Vec::len);
+    assert!(rows.iter().all(|r| r.len() == cols), "ids_tensor: ragged rows");
+    let flat: Vec<i64> = rows.iter().flatten().map(|&x| x as i64).collect();
+    Tensor::from_data(TensorData::new(flat, [rows.len(), cols]), device)
+}
+
+/// Take a parameter of the given shape out of `map` and upload it.
+pub fn load_param<B: Backend, const D: usize>(
+    map: &mut TensorMap,
+    name: &str,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Result<Param<Tensor<B, D>>> {
+    Ok(Param::from_tensor(to_tensor(map.take(name, &shape)?, device)))
+}
+
+/// `y = x Wᵀ + b` with `W: [out, in]` (Hugging Face layout).
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    /// `[out, in]`.
+    pub weight: Param<Tensor<B, 2>>,
+    /// `[out]`, when the checkpoint has one.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// Load `{prefix}.weight` (and `{prefix}.bias` when `bias`) from `map`.
+    pub fn load(map: &mut TensorMap, prefix: &str, d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Result<Self> {
+        let weight = load_param(map, &format!("{prefix}.weight"), [d_out, d_in], device)?;
+        let bias = if bias { Some(load_param(map, &format!("{prefix}.bias"), [d_out], device)?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+
+    /// Visit `{prefix}.weight` (and bias).
+    pub fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, ParamRef<'_, B>)) {
+        f(&format!("{prefix}.weight"), ParamRef::Matrix(&self.weight));
+        if let Some(b) = &self.bias {
+            f(&format!("{prefix}.bias"), ParamRef::Vector(b));
+        }
+    }
+
+    /// `x: [b, s, in] → [b, s, out]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, s, d_in] = x.dims();
+        let w = self.weight.val();
+        let d_out = w.dims()[0];
+        let y = x.reshape([b * s, d_in]).matmul(w.transpose());
+        let y = match &self.bias {
+            Some(bias) => y + bias.val().unsqueeze::<2>(),
+            None => y,
+        };
+        y.reshape([b, s, d_out])
+    }
+}
+
+/// Root-mean-square norm without mean subtraction (T5 "LayerNorm", LLaMA RMSNorm):
+/// `y = x / sqrt(mean(x²) + eps) * weight`, statistics in f32.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// `[d]`.
+    pub weight: Param<Tensor<B, 1>>,
+    /// Added to the mean square.
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    /// Load `{prefix}.weight` of size `d`.
+    pub fn load(map: &mut TensorMap, prefix: &str, d: usize, eps: f64, device: &B::Device) -> Result<Self> {
+        Ok(RmsNorm { weight: load_param(map, &format!("{prefix}.weight"), [d], device)?, eps })
+    }
+
+    /// Visit `{prefix}.weight`.
+    pub fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, ParamRef<'_, B>)) {
+        f(&format!("{prefix}.weight"), ParamRef::Vector(&self.weight));
+    }
+
+    /// `x: [b, s, d]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let ms = x.clone().square().mean_dim(2);
+        let inv = (ms + self.eps).sqrt().recip();
+        x * inv * self.weight.val().unsqueeze::<3>()
+    }
+}
+
+/// A token-embedding table `[vocab, d]`.
+#[derive(Module, Debug)]
+pub struct Embedding<B: Backend> {
+    /// `[vocab, d]`.
+    pub weight: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> Embedding<B> {
+    /// Load `{name}` of shape `[vocab, d]`.
+    pub fn load(map: &mut TensorMap, name: &str, vocab: usize, d: usize, device: &B::Device) -> Result<Self> {
+        Ok(Embedding { weight: load_param(map, name, [vocab, d], device)? })
+    }
+
+    /// Visit the table as `name`.
+    pub fn visit(&self, name: &str, f: &mut dyn FnMut(&str, ParamRef<'_, B>)) {
+        f(name, ParamRef::Matrix(&self.weight));
+    }
+
+    /// `ids: [b, s] → [b, s, d]`.
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        burn::tensor::module::embedding(self.weight.val(), ids)
+    }
+
+    /// `h: [b, s, d] → logits [b, s, vocab]` with the table as a tied output head.
+    pub fn attend(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, s, d] = h.dims();
+        let w = self.weight.val();
+        let v = w.dims()[0];
+        h.reshape([b * s, d]).matmul(w.transpose()).reshape([b, s, v])
+    }
+}
+
+/// Additive attention bias from a boolean "masked" tensor: masked → a large negative number.
+pub fn mask_bias<B: Backend, const D: usize>(scores: Tensor<B, D>, masked: Tensor<B, D, burn::tensor::Bool>) -> Tensor<B, D> {
+    scores.mask_fill(masked, MASKED)
+}
+
+/// The score given to masked positions (finite, so fully masked rows stay NaN-free, as in transformers).
+pub const MASKED: f32 = -1.0e30;
+
+/// A borrowed parameter of either rank, as handed out by the models' `visit` methods.
+pub enum ParamRef<'a, B: Backend> {
+    /// A vector (norm weights, biases).
+    Vector(&'a Param<Tensor<B, 1>>),
+    /// A matrix (linear weights, embeddings).
+    Matrix(&'a Param<Tensor<B, 2>>),
+}
+
+impl<B: Backend> ParamRef<'_, B> {
+    /// The current value on the host.
+    pub fn to_host(&self) -> HostTensor {
+        match self {
+            ParamRef::Vector(p) => to_host(p.val()),
+            ParamRef::Matrix(p) => to_host(p.val()),
+        }
+    }
+}
+
+/// A model whose parameters can be enumerated under their Hugging Face names.
+pub trait NamedParams<B: Backend> {
+    /// Call `f` once per parameter, in checkpoint order, with its Hugging Face name.
+    fn visit_params(&self, f: &mut dyn FnMut(&str, ParamRef<'_, B>));
+
+    /// All parameter values on the host, by Hugging Face name (tied tensors once).
+    fn export(&self) -> TensorMap {
+        let mut map = TensorMap::new("<memory>");
+        self.visit_params(&mut |name, p| map.insert(name, p.to_host()));
+        map
+    }
+}

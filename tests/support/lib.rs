@@ -1,0 +1,78 @@
+//! Helpers shared by sculpt's end-to-end tests and benches: fixture paths, reading reference
+//! tensors written by the Python fixture scripts, and tolerance checks.
+
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::Dtype;
+use safetensors::SafeTensors;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `tests/fixtures/tiny/<name>`.
+pub fn tiny_fixture(name: &str) -> PathBuf {
+    repo_root().join("tests/fixtures/tiny").join(name)
+}
+
+/// A reference tensor: shape and values (ints widened to f64 for uniformity).
+#[derive(Debug, Clone)]
+pub struct RefTensor {
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Values.
+    pub data: Vec<f64>,
+}
+
+impl RefTensor {
+    /// Values as f32.
+    pub fn f32(&self) -> Vec<f32> {
+        self.data.iter().map(|&x| x as f32).collect()
+    }
+    /// Values as token ids, one row per leading index of a 2-D tensor.
+    pub fn rows_u32(&self) -> Vec<Vec<u32>> {
+        assert_eq!(self.shape.len(), 2, "rows_u32 needs a 2-D tensor");
+        self.data.chunks(self.shape[1]).map(|r| r.iter().map(|&x| x as u32).collect()).collect()
+    }
+    /// Values as i64 rows.
+    pub fn rows_i64(&self) -> Vec<Vec<i64>> {
+        assert_eq!(self.shape.len(), 2, "rows_i64 needs a 2-D tensor");
+        self.data.chunks(self.shape[1]).map(|r| r.iter().map(|&x| x as i64).collect()).collect()
+    }
+}
+
+/// All tensors of a safetensors file (f32 and i64 supported).
+pub fn read_reference(path: &Path) -> std::collections::BTreeMap<String, RefTensor> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    st.tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            let raw = v.data();
+            let data: Vec<f64> = match v.dtype() {
+                Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+                Dtype::I64 => raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+                other => panic!("{}: tensor {name} has unsupported dtype {other:?}", path.display()),
+            };
+            (name, RefTensor { shape: v.shape().to_vec(), data })
+        })
+        .collect()
+}
+
+/// Largest absolute difference; panics on a length mismatch.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// `max|a − b| / max|b|` (relative to the reference's scale; 0/0 counts as 0).
+pub fn max_rel_diff(a: &[f32], reference: &[f32]) -> f32 {
+    let scale = reference.iter().map(|x| x.abs()).fold(0.0, f32::max);
+    let d = max_abs_diff(a, reference);
+    if scale == 0.0 {
+        d
+    } else {
+        d / scale
+    }
+}
