@@ -980,10 +980,69 @@ const TOKEN_UNKNOWN: i64 = 2;
 const TOKEN_CONTROL: i64 = 3;
 const TOKEN_USER_DEFINED: i64 = 4;
 
+/// The GPT-2 regex, as llama.cpp spells it (ByteLevel's own regex adds a redundant `|\s+`).
+const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 /// The Llama 3 split regex (as in Meta's tokenizer.json).
-const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// The Qwen2 split regex (as in Qwen's tokenizer.json).
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// The Tekken (Mistral Nemo) split regex (as in Mistral's tokenizer.json).
+const TEKKEN_REGEX: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The `tokenizer.ggml.pre` values [`bpe_pre_tokenizer`] knows.
+const BPE_PRE_NAMES: &[&str] = &[
+    "default", "gpt-2", "gpt2", "phi-2", "roberta-bpe", "mpt", "olmo", "jais", "trillion", "exaone4", "smollm",
+    "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b", "llama3", "llama-v3", "llama-bpe",
+    "falcon3", "dbrx", "smaug-bpe", "qwen2", "stablelm2", "megrez", "deepseek-r1-qwen", "tekken",
+];
+
+/// For a byte-level BPE tokenizer with `tokenizer.ggml.pre = pre`: the tokenizers pre-tokenizer
+/// that splits text as llama.cpp does, whether whole pre-tokens found in the vocabulary skip the
+/// merges (`ignore_merges`), and llama.cpp's default for `add_bos_token`.
+///
+/// llama.cpp applies a list of regexes in turn, each splitting the pieces the previous one left
+/// (matches and the text between them both become pieces); that is a sequence of `Split`
+/// pre-tokenizers with `Isolated` behaviour, followed by the byte-level mapping.
+fn bpe_pre_tokenizer(pre: &str) -> Option<(Json, bool, bool)> {
+    let split = |re: &str| json!({ "type": "Split", "pattern": { "Regex": re }, "behavior": "Isolated", "invert": false });
+    let byte_level =
+        |use_regex: bool| json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex });
+    let seq = |mut pre: Vec<Json>, use_regex: bool| {
+        pre.push(byte_level(use_regex));
+        json!({ "type": "Sequence", "pretokenizers": pre })
+    };
+    Some(match pre {
+        // llama.cpp's fallback for a missing or "default" pre-tokenizer.
+        "default" => (
+            seq(
+                vec![
+                    split(r"[\p{P}\$\+<=>\^~\|]+"),
+                    split(GPT2_REGEX),
+                    split(r"\p{N}+"),
+                    split(r"[0-9][0-9][0-9]"),
+                ],
+                false,
+            ),
+            false,
+            false,
+        ),
+        // Plain GPT-2: ByteLevel's own regex.
+        "gpt-2" | "gpt2" | "phi-2" | "roberta-bpe" | "mpt" | "olmo" | "jais" | "trillion" | "exaone4" => {
+            (byte_level(true), false, false)
+        }
+        // Every `\p{N}` on its own, then GPT-2's regex (SmolLM's tokenizer.json: Digits + ByteLevel).
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
+            (seq(vec![json!({ "type": "Digits", "individual_digits": true })], true), false, false)
+        }
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" => (seq(vec![split(LLAMA3_REGEX)], false), true, true),
+        "dbrx" | "smaug-bpe" => (seq(vec![split(LLAMA3_REGEX)], false), false, false),
+        "qwen2" | "stablelm2" | "megrez" | "deepseek-r1-qwen" => (seq(vec![split(QWEN2_REGEX)], false), false, false),
+        "tekken" => (seq(vec![split(TEKKEN_REGEX)], false), true, true),
+        _ => return None,
+    })
+}
 
 fn tok_err(path: &Path, msg: impl Into<String>) -> ModelError {
     ModelError::Tokenizer { path: path.to_path_buf(), msg: msg.into() }
@@ -995,6 +1054,13 @@ fn build_tokenizer(path: &Path, meta: &Meta) -> Result<(String, tokenizers::Toke
     let tokens = meta
         .string_array("tokenizer.ggml.tokens")?
         .ok_or_else(|| meta.missing("tokenizer.ggml.tokens", "an array of strings"))?;
+    // llama.cpp renames empty tokens so that they stay distinct.
+    let tokens: Vec<std::borrow::Cow<str>> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| if t.is_empty() { format!("[EMPTY_{i}]").into() } else { (*t).into() })
+        .collect();
+    let tokens: Vec<&str> = tokens.iter().map(|t| t.as_ref()).collect();
     let n = tokens.len();
     let types = match meta.int_array("tokenizer.ggml.token_type")? {
         Some(t) if t.len() != n => {
@@ -1074,43 +1140,12 @@ fn build_tokenizer(path: &Path, meta: &Meta) -> Result<(String, tokenizers::Toke
     let tokenizer = match model {
         "gpt2" => {
             let pre = meta.string("tokenizer.ggml.pre")?.unwrap_or("default");
-            let byte_level = |use_regex: bool| {
-                json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex })
-            };
-            let split = |re: &str| {
-                json!({ "type": "Split", "pattern": { "Regex": re }, "behavior": "Isolated", "invert": false })
-            };
-            // Pre-tokenizer, whether the model ignores merges for whole-word vocabulary hits, and
-            // llama.cpp's default for add_bos_token.
-            let (pre_tokenizer, ignore_merges, default_bos) = match pre {
-                // ByteLevel's own regex is GPT-2's.
-                "default" | "gpt2" | "gpt-2" | "mpt" | "olmo" | "jais" | "trillion" => (byte_level(true), false, false),
-                // llama.cpp: split off every `\p{N}`, then GPT-2's regex (as in SmolLM's tokenizer.json).
-                "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => (
-                    json!({ "type": "Sequence", "pretokenizers": [
-                        { "type": "Digits", "individual_digits": true },
-                        byte_level(true),
-                    ]}),
-                    false,
-                    false,
-                ),
-                "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" | "dbrx" | "smaug-bpe" => {
-                    (json!({ "type": "Sequence", "pretokenizers": [split(LLAMA3_REGEX), byte_level(false)] }), true, true)
-                }
-                "qwen2" | "deepseek-r1-qwen" => {
-                    (json!({ "type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)] }), false, false)
-                }
-                other => {
-                    return Err(meta.err(
-                        "tokenizer.ggml.pre",
-                        format!(
-                            "pre-tokenizer {other:?} is not supported (expected one of default, gpt2, smollm, starcoder, \
-                             refact, command-r, codeshell, exaone, minerva-7b, llama-bpe, llama3, dbrx, smaug-bpe, falcon3, \
-                             pixtral, qwen2)"
-                        ),
-                    ))
-                }
-            };
+            let (pre_tokenizer, ignore_merges, default_bos) = bpe_pre_tokenizer(pre).ok_or_else(|| {
+                meta.err(
+                    "tokenizer.ggml.pre",
+                    format!("pre-tokenizer {pre:?} is not supported (expected one of {})", BPE_PRE_NAMES.join(", ")),
+                )
+            })?;
             let merges = meta
                 .string_array("tokenizer.ggml.merges")?
                 .ok_or_else(|| meta.missing("tokenizer.ggml.merges", "an array of \"left right\" strings"))?;
@@ -1611,6 +1646,37 @@ mod tests {
         let m = read_gguf(&path).unwrap();
         let enc = m.tokenizer.encode("the 12", true).unwrap();
         assert_eq!(enc.get_tokens(), &["<|im_start|>", "t", "he", "Ġ", "1", "2"]);
+    }
+
+    #[test]
+    fn every_known_pre_tokenizer_builds_and_round_trips() {
+        let text = "Hello, World! It's 12345 ½ café\n\n  x\ty <|im_start|>";
+        for &pre in BPE_PRE_NAMES {
+            let (mut w, _) = tiny_llama();
+            w.kv("tokenizer.ggml.pre", W::Str(pre.into()));
+            let (_dir, path) = write_tmp(&w.bytes());
+            let m = read_gguf(&path).unwrap_or_else(|e| panic!("{pre}: {e}"));
+            let enc = m.tokenizer.encode(text, false).unwrap();
+            assert_eq!(m.tokenizer.decode(enc.get_ids(), false).unwrap(), text, "{pre}");
+            assert_eq!(enc.get_tokens().last().map(String::as_str), Some("<|im_start|>"), "{pre}");
+        }
+        // llama.cpp's "default" splits runs of digits into threes.
+        let (mut w, _) = tiny_llama();
+        w.kv.retain(|(k, _)| k != "tokenizer.ggml.pre");
+        let (_dir, path) = write_tmp(&w.bytes());
+        let m = read_gguf(&path).unwrap();
+        let toks = m.tokenizer.encode("12345", false).unwrap().get_tokens().to_vec();
+        assert_eq!(toks, ["1", "2", "3", "4", "5"]);
+        let pre = m.tokenizer.get_pre_tokenizer().unwrap();
+        use tokenizers::PreTokenizer;
+        let mut ps = tokenizers::PreTokenizedString::from("12345 a+b");
+        pre.pre_tokenize(&mut ps).unwrap();
+        let pieces: Vec<String> = ps
+            .get_splits(tokenizers::OffsetReferential::Original, tokenizers::OffsetType::Byte)
+            .into_iter()
+            .map(|(s, _, _)| s.to_string())
+            .collect();
+        assert_eq!(pieces, ["123", "45", "Ġa", "+", "b"]);
     }
 
     #[test]
