@@ -76,3 +76,23 @@ pub fn max_rel_diff(a: &[f32], reference: &[f32]) -> f32 {
         d / scale
     }
 }
+
+/// The SmolLM2-135M-Instruct GGUF if it is on this machine: `$SCULPT_SMOLLM2_GGUF`, else
+/// `<target dir>/models/SmolLM2-135M-Instruct.Q4_1.gguf` (where `cargo xtask fetch-smollm2` puts it).
+/// `None` (and a message on stderr saying how to get it) otherwise.
+pub fn smollm2_gguf() -> Option<PathBuf> {
+    const NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+    let mut candidates = vec![];
+    if let Some(p) = std::env::var_os("SCULPT_SMOLLM2_GGUF") {
+        candidates.push(PathBuf::from(p));
+    }
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(t).join("models").join(NAME));
+    }
+    candidates.push(repo_root().join("target/models").join(NAME));
+    let found = candidates.iter().find(|p| p.is_file()).cloned();
+    if found.is_none() {
+        eprintln!("SKIP: SmolLM2 GGUF not found (looked at {candidates:?}); run `cargo xtask fetch-smollm2` or set SCULPT_SMOLLM2_GGUF");
+    }
+    found
+}

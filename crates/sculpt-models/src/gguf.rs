@@ -12,10 +12,14 @@
 //! Supported tensor types: F32, F16, BF16, Q8_0, Q4_0 and Q4_1, dequantized exactly as ggml does.
 //! Any other type is reported as [`ModelError::UnsupportedDtype`].
 //!
-//! Supported tokenizers: `tokenizer.ggml.model = "gpt2"` (byte-level BPE, with the pre-tokenizer
-//! regexes llama.cpp uses for `tokenizer.ggml.pre` in `gpt2`/`default`, `smollm` and its
-//! siblings, `llama-bpe`/`llama3` and its siblings, and `qwen2`), and `"llama"` (SentencePiece
-//! BPE with scores and byte fallback, built like Hugging Face's `LlamaTokenizerFast` does).
+//! Supported tokenizers: `tokenizer.ggml.model = "gpt2"` (byte-level BPE, splitting text with
+//! the regexes llama.cpp uses for the `tokenizer.ggml.pre` value: llama.cpp's `default` (also
+//! used when the key is missing), the `gpt-2` family, the `smollm` family, the `llama-bpe`/`llama3`
+//! family, the `qwen2` family and `tekken`; any other value is an error), and `"llama"`
+//! (SentencePiece BPE with scores and byte fallback, laid out like Hugging Face's
+//! `LlamaTokenizerFast` json). Control and user-defined tokens (`tokenizer.ggml.token_type` 3 and
+//! 4) become added tokens; BOS/EOS are added only as `tokenizer.ggml.add_bos_token` /
+//! `add_eos_token` say (defaulting as llama.cpp does).
 //!
 //! The file is read into memory in full. Bad input never panics: a truncated file, a bad magic, an
 //! unknown value or tensor type, or an out-of-range offset is an error that names the file, the
@@ -206,7 +210,10 @@ impl<'a> Reader<'a> {
         let start = self.pos;
         let bytes = self.take(len, what)?;
         String::from_utf8(bytes.to_vec()).map_err(|e| {
-            ModelError::format(self.path, format!("{what}: string at offset {start} is not valid UTF-8 ({e})"))
+            ModelError::format(
+                self.path,
+                format!("{what}: string at offset {start} is not valid UTF-8 ({e})"),
+            )
         })
     }
 
@@ -235,7 +242,10 @@ impl<'a> Reader<'a> {
             8 => MetaValue::Str(self.string(what)?),
             9 => {
                 if depth >= 4 {
-                    return Err(ModelError::format(self.path, format!("{what}: arrays nested more than 4 deep")));
+                    return Err(ModelError::format(
+                        self.path,
+                        format!("{what}: arrays nested more than 4 deep"),
+                    ));
                 }
                 let elem_ty = self.u32(what)?;
                 let n = self.u64(what)?;
@@ -296,16 +306,22 @@ fn parse_gguf(path: &Path, buf: &[u8]) -> Result<GgufFile> {
     let version = r.u32("the GGUF version")?;
     match version {
         2 | 3 => {}
-        1 => {
+        1 => return Err(ModelError::format(
+            path,
+            "GGUF version 1 is not supported (expected version 2 or 3); re-convert the model with a current llama.cpp",
+        )),
+        v if (2..=3).contains(&v.swap_bytes()) => {
             return Err(ModelError::format(
                 path,
-                "GGUF version 1 is not supported (expected version 2 or 3); re-convert the model with a current llama.cpp",
+                "big-endian GGUF files are not supported (expected little-endian)",
             ))
         }
-        v if (2..=3).contains(&v.swap_bytes()) => {
-            return Err(ModelError::format(path, "big-endian GGUF files are not supported (expected little-endian)"))
+        v => {
+            return Err(ModelError::format(
+                path,
+                format!("unsupported GGUF version {v}, expected 2 or 3"),
+            ))
         }
-        v => return Err(ModelError::format(path, format!("unsupported GGUF version {v}, expected 2 or 3"))),
     }
     let n_tensors = r.u64("the tensor count")?;
     let n_kv = r.u64("the metadata count")?;
@@ -313,13 +329,19 @@ fn parse_gguf(path: &Path, buf: &[u8]) -> Result<GgufFile> {
     if n_kv > r.remaining() as u64 / 13 {
         return Err(ModelError::format(
             path,
-            format!("the header claims {n_kv} metadata entries, more than a file of {} bytes can hold", buf.len()),
+            format!(
+                "the header claims {n_kv} metadata entries, more than a file of {} bytes can hold",
+                buf.len()
+            ),
         ));
     }
     if n_tensors > r.remaining() as u64 / 32 {
         return Err(ModelError::format(
             path,
-            format!("the header claims {n_tensors} tensors, more than a file of {} bytes can hold", buf.len()),
+            format!(
+                "the header claims {n_tensors} tensors, more than a file of {} bytes can hold",
+                buf.len()
+            ),
         ));
     }
 
@@ -330,7 +352,10 @@ fn parse_gguf(path: &Path, buf: &[u8]) -> Result<GgufFile> {
         let ty = r.u32(&what)?;
         let value = r.value(ty, &what, 0)?;
         if meta.insert(key.clone(), value).is_some() {
-            return Err(ModelError::format(path, format!("metadata key `{key}` appears more than once")));
+            return Err(ModelError::format(
+                path,
+                format!("metadata key `{key}` appears more than once"),
+            ));
         }
     }
 
@@ -364,8 +389,15 @@ fn parse_gguf(path: &Path, buf: &[u8]) -> Result<GgufFile> {
         for _ in 0..n_dims {
             dims.push(r.u64(&what)?);
         }
-        if dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).is_none_or(|n| n > isize::MAX as u64 / 4) {
-            return Err(ModelError::format(path, format!("tensor `{name}` has absurd dimensions {dims:?}")));
+        if dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .is_none_or(|n| n > isize::MAX as u64 / 4)
+        {
+            return Err(ModelError::format(
+                path,
+                format!("tensor `{name}` has absurd dimensions {dims:?}"),
+            ));
         }
         let ggml_type = r.u32(&what)?;
         let offset = r.u64(&what)?;
@@ -376,12 +408,24 @@ fn parse_gguf(path: &Path, buf: &[u8]) -> Result<GgufFile> {
             ));
         }
         if !seen.insert(name.clone()) {
-            return Err(ModelError::format(path, format!("tensor `{name}` appears more than once")));
+            return Err(ModelError::format(
+                path,
+                format!("tensor `{name}` appears more than once"),
+            ));
         }
-        tensors.push(TensorInfo { name, dims, ggml_type, offset });
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            ggml_type,
+            offset,
+        });
     }
     let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
-    Ok(GgufFile { meta, tensors, data_start })
+    Ok(GgufFile {
+        meta,
+        tensors,
+        data_start,
+    })
 }
 
 /// A short description of a metadata value for error messages.
@@ -431,12 +475,15 @@ impl<'a> Meta<'a> {
     fn usize(&self, key: &str) -> Result<Option<usize>> {
         match self.uint(key)? {
             None => Ok(None),
-            Some(v) => usize::try_from(v).map(Some).map_err(|_| self.err(key, format!("value {v} is too large"))),
+            Some(v) => usize::try_from(v)
+                .map(Some)
+                .map_err(|_| self.err(key, format!("value {v} is too large"))),
         }
     }
 
     fn req_usize(&self, key: &str) -> Result<usize> {
-        self.usize(key)?.ok_or_else(|| self.missing(key, "a non-negative integer"))
+        self.usize(key)?
+            .ok_or_else(|| self.missing(key, "a non-negative integer"))
     }
 
     fn float(&self, key: &str) -> Result<Option<f64>> {
@@ -607,11 +654,17 @@ fn dequantize(ty: GgmlType, src: &[u8], n: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(n);
     match ty {
         GgmlType::F32 => {
-            out.extend(src.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+            out.extend(
+                src.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
         }
         GgmlType::F16 => out.extend(src.chunks_exact(2).map(f16_le)),
         GgmlType::BF16 => {
-            out.extend(src.chunks_exact(2).map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()));
+            out.extend(
+                src.chunks_exact(2)
+                    .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()),
+            );
         }
         GgmlType::Q8_0 => {
             // struct { f16 d; i8 qs[32]; }: x = qs[j] * d
@@ -655,7 +708,7 @@ fn load_tensor(path: &Path, file: &GgufFile, buf: &[u8], info: &TensorInfo) -> R
     // Overflow was ruled out when the infos were parsed.
     let n_elems: u64 = info.dims.iter().product();
     let (block_elems, block_bytes) = ty.block();
-    if info.dims[0] % block_elems != 0 {
+    if !info.dims[0].is_multiple_of(block_elems) {
         return Err(ModelError::format(
             path,
             format!(
@@ -722,7 +775,8 @@ struct Hparams {
     n_kv_head: usize,
 }
 
-fn build_config(meta: &Meta, tensors: &[TensorInfo], n_vocab_tokens: usize) -> Result<(Json, Hparams)> {
+/// Error unless `general.architecture` is `"llama"`.
+fn check_architecture(meta: &Meta) -> Result<()> {
     let arch = meta.req_string("general.architecture")?;
     if arch != "llama" {
         return Err(meta.err(
@@ -730,6 +784,11 @@ fn build_config(meta: &Meta, tensors: &[TensorInfo], n_vocab_tokens: usize) -> R
             format!("expected \"llama\", found {arch:?} (only LLaMA-architecture GGUF files can be imported)"),
         ));
     }
+    Ok(())
+}
+
+/// The Hugging Face config for the `llama.*` metadata (the architecture is already checked).
+fn build_config(meta: &Meta, tensors: &[TensorInfo], n_vocab_tokens: usize) -> Result<(Json, Hparams)> {
     let hidden = meta.req_usize("llama.embedding_length")?;
     let n_layers = meta.req_usize("llama.block_count")?;
     let ff = meta.req_usize("llama.feed_forward_length")?;
@@ -762,7 +821,10 @@ fn build_config(meta: &Meta, tensors: &[TensorInfo], n_vocab_tokens: usize) -> R
         }
     };
     if head_dim == 0 || head_dim % 2 != 0 {
-        return Err(meta.err("llama.attention.key_length", format!("expected a positive even head dimension, found {head_dim}")));
+        return Err(meta.err(
+            "llama.attention.key_length",
+            format!("expected a positive even head dimension, found {head_dim}"),
+        ));
     }
     if let Some(v) = meta.usize("llama.attention.value_length")? {
         if v != head_dim {
@@ -776,13 +838,18 @@ fn build_config(meta: &Meta, tensors: &[TensorInfo], n_vocab_tokens: usize) -> R
         if r != head_dim {
             return Err(meta.err(
                 "llama.rope.dimension_count",
-                format!("expected {head_dim} (the head dimension), found {r}: partial rotary embeddings are not supported"),
+                format!(
+                    "expected {head_dim} (the head dimension), found {r}: partial rotary embeddings are not supported"
+                ),
             ));
         }
     }
     if let Some(e) = meta.uint("llama.expert_count")? {
         if e > 0 {
-            return Err(meta.err("llama.expert_count", format!("found {e} experts: mixture-of-experts models are not supported")));
+            return Err(meta.err(
+                "llama.expert_count",
+                format!("found {e} experts: mixture-of-experts models are not supported"),
+            ));
         }
     }
 
@@ -795,7 +862,7 @@ fn build_config(meta: &Meta, tensors: &[TensorInfo], n_vocab_tokens: usize) -> R
     let rope_scaling = match scaling_type.as_deref() {
         None | Some("none") => Json::Null,
         Some("linear") => match factor {
-            Some(f) if f == 1.0 => Json::Null,
+            Some(1.0) => Json::Null,
             Some(f) if f > 0.0 => json!({ "rope_type": "linear", "type": "linear", "factor": f }),
             _ => {
                 return Err(meta.err(
@@ -817,7 +884,11 @@ fn build_config(meta: &Meta, tensors: &[TensorInfo], n_vocab_tokens: usize) -> R
         None => n_vocab_tokens,
     };
     let has_output = tensors.iter().any(|t| t.name == "output.weight");
-    let has = |suffix: &str| tensors.iter().any(|t| t.name.starts_with("blk.") && t.name.ends_with(suffix));
+    let has = |suffix: &str| {
+        tensors
+            .iter()
+            .any(|t| t.name.starts_with("blk.") && t.name.ends_with(suffix))
+    };
     let attention_bias = has(".attn_q.bias") || has(".attn_k.bias") || has(".attn_v.bias") || has(".attn_output.bias");
     let mlp_bias = has(".ffn_gate.bias") || has(".ffn_up.bias") || has(".ffn_down.bias");
 
@@ -825,7 +896,10 @@ fn build_config(meta: &Meta, tensors: &[TensorInfo], n_vocab_tokens: usize) -> R
         match meta.uint(key)? {
             None => Ok(Json::Null),
             Some(id) if (id as u128) < n_vocab_tokens as u128 => Ok(json!(id)),
-            Some(id) => Err(meta.err(key, format!("token id {id} is out of range for a vocabulary of {n_vocab_tokens} tokens"))),
+            Some(id) => Err(meta.err(
+                key,
+                format!("token id {id} is out of range for a vocabulary of {n_vocab_tokens} tokens"),
+            )),
         }
     };
     let bos = token_id("tokenizer.ggml.bos_token_id")?;
@@ -859,7 +933,14 @@ fn build_config(meta: &Meta, tensors: &[TensorInfo], n_vocab_tokens: usize) -> R
         "hidden_act": "silu",
         "torch_dtype": "float32",
     });
-    Ok((config, Hparams { n_layers, n_head, n_kv_head }))
+    Ok((
+        config,
+        Hparams {
+            n_layers,
+            n_head,
+            n_kv_head,
+        },
+    ))
 }
 
 /// Which rows permutation a tensor needs undone.
@@ -892,7 +973,9 @@ fn hf_name(name: &str, n_layers: usize) -> std::result::Result<(String, Permute)
     let (layer, rest) = rest.split_once('.').ok_or_else(unknown)?;
     let layer: usize = layer.parse().map_err(|_| unknown())?;
     if layer >= n_layers {
-        return Err(format!("layer {layer} is out of range: llama.block_count is {n_layers}"));
+        return Err(format!(
+            "layer {layer} is out of range: llama.block_count is {n_layers}"
+        ));
     }
     let (part, kind) = rest.rsplit_once('.').ok_or_else(unknown)?;
     if kind != "weight" && kind != "bias" {
@@ -921,7 +1004,9 @@ fn hf_name(name: &str, n_layers: usize) -> std::result::Result<(String, Permute)
 
 fn build_model(path: &Path, file: &GgufFile, buf: &[u8]) -> Result<GgufModel> {
     let meta = Meta { path, map: &file.meta };
-    let n_tokens = meta.array("tokenizer.ggml.tokens")?.map(<[MetaValue]>::len).unwrap_or(0);
+    check_architecture(&meta)?;
+    let (tokenizer_json, tokenizer) = build_tokenizer(path, &meta)?;
+    let n_tokens = meta.array("tokenizer.ggml.tokens")?.map_or(0, <[MetaValue]>::len);
     let (config, hp) = build_config(&meta, &file.tensors, n_tokens)?;
 
     // Map every name first, so that an unknown tensor is reported before any dequantization.
@@ -931,8 +1016,6 @@ fn build_model(path: &Path, file: &GgufFile, buf: &[u8]) -> Result<GgufModel> {
             .map_err(|msg| ModelError::format(path, format!("tensor `{}`: {msg}", info.name)))?;
         plan.push((info, hf, permute));
     }
-
-    let (tokenizer_json, tokenizer) = build_tokenizer(path, &meta)?;
 
     let mut map = TensorMap::new(path);
     map.dtype = Some(StoreDtype::F32);
@@ -962,13 +1045,21 @@ fn build_model(path: &Path, file: &GgufFile, buf: &[u8]) -> Result<GgufModel> {
             if t.shape.first() != Some(&vocab) {
                 return Err(ModelError::format(
                     path,
-                    format!("tensor `{}` has shape {:?}, expected {vocab} rows (the vocabulary size)", info.name, t.shape),
+                    format!(
+                        "tensor `{}` has shape {:?}, expected {vocab} rows (the vocabulary size)",
+                        info.name, t.shape
+                    ),
                 ));
             }
         }
         map.insert(hf, t);
     }
-    Ok(GgufModel { config, tensors: map, tokenizer_json, tokenizer })
+    Ok(GgufModel {
+        config,
+        tensors: map,
+        tokenizer_json,
+        tokenizer,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -983,8 +1074,7 @@ const TOKEN_USER_DEFINED: i64 = 4;
 /// The GPT-2 regex, as llama.cpp spells it (ByteLevel's own regex adds a redundant `|\s+`).
 const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 /// The Llama 3 split regex (as in Meta's tokenizer.json).
-const LLAMA3_REGEX: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// The Qwen2 split regex (as in Qwen's tokenizer.json).
 const QWEN2_REGEX: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -993,9 +1083,34 @@ const TEKKEN_REGEX: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[
 
 /// The `tokenizer.ggml.pre` values [`bpe_pre_tokenizer`] knows.
 const BPE_PRE_NAMES: &[&str] = &[
-    "default", "gpt-2", "gpt2", "phi-2", "roberta-bpe", "mpt", "olmo", "jais", "trillion", "exaone4", "smollm",
-    "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b", "llama3", "llama-v3", "llama-bpe",
-    "falcon3", "dbrx", "smaug-bpe", "qwen2", "stablelm2", "megrez", "deepseek-r1-qwen", "tekken",
+    "default",
+    "gpt-2",
+    "gpt2",
+    "phi-2",
+    "roberta-bpe",
+    "mpt",
+    "olmo",
+    "jais",
+    "trillion",
+    "exaone4",
+    "smollm",
+    "starcoder",
+    "refact",
+    "command-r",
+    "codeshell",
+    "exaone",
+    "minerva-7b",
+    "llama3",
+    "llama-v3",
+    "llama-bpe",
+    "falcon3",
+    "dbrx",
+    "smaug-bpe",
+    "qwen2",
+    "stablelm2",
+    "megrez",
+    "deepseek-r1-qwen",
+    "tekken",
 ];
 
 /// For a byte-level BPE tokenizer with `tokenizer.ggml.pre = pre`: the tokenizers pre-tokenizer
@@ -1006,9 +1121,9 @@ const BPE_PRE_NAMES: &[&str] = &[
 /// (matches and the text between them both become pieces); that is a sequence of `Split`
 /// pre-tokenizers with `Isolated` behaviour, followed by the byte-level mapping.
 fn bpe_pre_tokenizer(pre: &str) -> Option<(Json, bool, bool)> {
-    let split = |re: &str| json!({ "type": "Split", "pattern": { "Regex": re }, "behavior": "Isolated", "invert": false });
-    let byte_level =
-        |use_regex: bool| json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex });
+    let split =
+        |re: &str| json!({ "type": "Split", "pattern": { "Regex": re }, "behavior": "Isolated", "invert": false });
+    let byte_level = |use_regex: bool| json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex });
     let seq = |mut pre: Vec<Json>, use_regex: bool| {
         pre.push(byte_level(use_regex));
         json!({ "type": "Sequence", "pretokenizers": pre })
@@ -1033,9 +1148,11 @@ fn bpe_pre_tokenizer(pre: &str) -> Option<(Json, bool, bool)> {
             (byte_level(true), false, false)
         }
         // Every `\p{N}` on its own, then GPT-2's regex (SmolLM's tokenizer.json: Digits + ByteLevel).
-        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
-            (seq(vec![json!({ "type": "Digits", "individual_digits": true })], true), false, false)
-        }
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => (
+            seq(vec![json!({ "type": "Digits", "individual_digits": true })], true),
+            false,
+            false,
+        ),
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" => (seq(vec![split(LLAMA3_REGEX)], false), true, true),
         "dbrx" | "smaug-bpe" => (seq(vec![split(LLAMA3_REGEX)], false), false, false),
         "qwen2" | "stablelm2" | "megrez" | "deepseek-r1-qwen" => (seq(vec![split(QWEN2_REGEX)], false), false, false),
@@ -1045,7 +1162,10 @@ fn bpe_pre_tokenizer(pre: &str) -> Option<(Json, bool, bool)> {
 }
 
 fn tok_err(path: &Path, msg: impl Into<String>) -> ModelError {
-    ModelError::Tokenizer { path: path.to_path_buf(), msg: msg.into() }
+    ModelError::Tokenizer {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
 }
 
 /// Build the tokenizer.json for the `tokenizer.ggml.*` metadata and parse it.
@@ -1058,7 +1178,13 @@ fn build_tokenizer(path: &Path, meta: &Meta) -> Result<(String, tokenizers::Toke
     let tokens: Vec<std::borrow::Cow<str>> = tokens
         .iter()
         .enumerate()
-        .map(|(i, t)| if t.is_empty() { format!("[EMPTY_{i}]").into() } else { (*t).into() })
+        .map(|(i, t)| {
+            if t.is_empty() {
+                format!("[EMPTY_{i}]").into()
+            } else {
+                (*t).into()
+            }
+        })
         .collect();
     let tokens: Vec<&str> = tokens.iter().map(|t| t.as_ref()).collect();
     let n = tokens.len();
@@ -1066,7 +1192,10 @@ fn build_tokenizer(path: &Path, meta: &Meta) -> Result<(String, tokenizers::Toke
         Some(t) if t.len() != n => {
             return Err(meta.err(
                 "tokenizer.ggml.token_type",
-                format!("has {} entries, expected {n} (one per token in tokenizer.ggml.tokens)", t.len()),
+                format!(
+                    "has {} entries, expected {n} (one per token in tokenizer.ggml.tokens)",
+                    t.len()
+                ),
             ))
         }
         Some(t) => t,
@@ -1076,7 +1205,10 @@ fn build_tokenizer(path: &Path, meta: &Meta) -> Result<(String, tokenizers::Toke
         match meta.uint(key)? {
             None => Ok(None),
             Some(id) if (id as u128) < n as u128 => Ok(Some(id as usize)),
-            Some(id) => Err(meta.err(key, format!("token id {id} is out of range for a vocabulary of {n} tokens"))),
+            Some(id) => Err(meta.err(
+                key,
+                format!("token id {id} is out of range for a vocabulary of {n} tokens"),
+            )),
         }
     };
     let bos = special_id("tokenizer.ggml.bos_token_id")?;
@@ -1111,8 +1243,16 @@ fn build_tokenizer(path: &Path, meta: &Meta) -> Result<(String, tokenizers::Toke
         let need = |id: Option<usize>, k: &str| {
             id.ok_or_else(|| meta.err(k, format!("missing, but {key} asks for the token to be added")))
         };
-        let bos_tok = if add_bos { Some(tokens[need(bos, "tokenizer.ggml.bos_token_id")?]) } else { None };
-        let eos_tok = if add_eos { Some(tokens[need(eos, "tokenizer.ggml.eos_token_id")?]) } else { None };
+        let bos_tok = if add_bos {
+            Some(tokens[need(bos, "tokenizer.ggml.bos_token_id")?])
+        } else {
+            None
+        };
+        let eos_tok = if add_eos {
+            Some(tokens[need(eos, "tokenizer.ggml.eos_token_id")?])
+        } else {
+            None
+        };
         let mut special = Map::new();
         for (tok, id) in [(bos_tok, bos), (eos_tok, eos)] {
             if let (Some(t), Some(id)) = (tok, id) {
@@ -1133,7 +1273,9 @@ fn build_tokenizer(path: &Path, meta: &Meta) -> Result<(String, tokenizers::Toke
         let single = segment("A", 0);
         let mut pair = segment("A", 0);
         pair.extend(segment("B", 1));
-        Ok(Some(json!({ "type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special })))
+        Ok(Some(
+            json!({ "type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special }),
+        ))
     };
 
     let add_eos = meta.bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
@@ -1143,7 +1285,10 @@ fn build_tokenizer(path: &Path, meta: &Meta) -> Result<(String, tokenizers::Toke
             let (pre_tokenizer, ignore_merges, default_bos) = bpe_pre_tokenizer(pre).ok_or_else(|| {
                 meta.err(
                     "tokenizer.ggml.pre",
-                    format!("pre-tokenizer {pre:?} is not supported (expected one of {})", BPE_PRE_NAMES.join(", ")),
+                    format!(
+                        "pre-tokenizer {pre:?} is not supported (expected one of {})",
+                        BPE_PRE_NAMES.join(", ")
+                    ),
                 )
             })?;
             let merges = meta
@@ -1201,7 +1346,10 @@ fn build_tokenizer(path: &Path, meta: &Meta) -> Result<(String, tokenizers::Toke
             if scores.len() != n {
                 return Err(meta.err(
                     "tokenizer.ggml.scores",
-                    format!("has {} entries, expected {n} (one per token in tokenizer.ggml.tokens)", scores.len()),
+                    format!(
+                        "has {} entries, expected {n} (one per token in tokenizer.ggml.tokens)",
+                        scores.len()
+                    ),
                 ));
             }
             let merges = spm_merges(&tokens, &scores);
@@ -1253,8 +1401,12 @@ fn build_tokenizer(path: &Path, meta: &Meta) -> Result<(String, tokenizers::Toke
     };
     let text = serde_json::to_string(&tokenizer)
         .map_err(|e| tok_err(path, format!("cannot serialize the rebuilt tokenizer.json: {e}")))?;
-    let parsed = tokenizers::Tokenizer::from_str(&text)
-        .map_err(|e| tok_err(path, format!("the tokenizer rebuilt from tokenizer.ggml.* is invalid: {e}")))?;
+    let parsed = tokenizers::Tokenizer::from_str(&text).map_err(|e| {
+        tok_err(
+            path,
+            format!("the tokenizer rebuilt from tokenizer.ggml.* is invalid: {e}"),
+        )
+    })?;
     Ok((text, parsed))
 }
 
@@ -1282,7 +1434,10 @@ fn spm_merges(tokens: &[&str], scores: &[f64]) -> Vec<Json> {
     }
     // Stable: equal scores keep vocabulary order.
     merges.sort_by(|a, b| b.0.total_cmp(&a.0));
-    merges.into_iter().map(|(_, _, l, r)| json!([tokens[l], tokens[r]])).collect()
+    merges
+        .into_iter()
+        .map(|(_, _, l, r)| json!([tokens[l], tokens[r]]))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1318,7 +1473,11 @@ mod tests {
 
     impl Writer {
         fn new() -> Self {
-            Writer { version: 3, kv: Vec::new(), tensors: Vec::new() }
+            Writer {
+                version: 3,
+                kv: Vec::new(),
+                tensors: Vec::new(),
+            }
         }
         fn kv(&mut self, k: &str, v: W) -> &mut Self {
             self.kv.retain(|(key, _)| key != k);
@@ -1432,7 +1591,10 @@ mod tests {
 
     /// A byte-level vocabulary: the 256 byte symbols, a few merges, and two control tokens.
     fn gpt2_vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
-        let bytes: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+        let bytes: Vec<u32> = (b'!' as u32..=b'~' as u32)
+            .chain(0xA1..=0xAC)
+            .chain(0xAE..=0xFF)
+            .collect();
         let mut extra = 0;
         let mut tokens = vec!["<|endoftext|>".to_string(), "<|im_start|>".to_string()];
         let mut map = Vec::new();
@@ -1479,18 +1641,19 @@ mod tests {
             .kv("tokenizer.ggml.eos_token_id", W::U32(0))
             .kv("tokenizer.ggml.add_bos_token", W::Bool(false));
         let mut want = Vec::new();
-        let mut add = |w: &mut Writer, name: &str, hf: &str, dims: &[u64], ty: u32, block: fn() -> (Vec<u8>, Vec<f32>)| {
-            let n: u64 = dims.iter().product();
-            let (b, v) = block();
-            let mut data = Vec::new();
-            let mut vals = Vec::new();
-            for _ in 0..n / v.len() as u64 {
-                data.extend(&b);
-                vals.extend(&v);
-            }
-            w.tensor(name, dims, ty, data);
-            want.push((hf.to_string(), vals));
-        };
+        let mut add =
+            |w: &mut Writer, name: &str, hf: &str, dims: &[u64], ty: u32, block: fn() -> (Vec<u8>, Vec<f32>)| {
+                let n: u64 = dims.iter().product();
+                let (b, v) = block();
+                let mut data = Vec::new();
+                let mut vals = Vec::new();
+                for _ in 0..n / v.len() as u64 {
+                    data.extend(&b);
+                    vals.extend(&v);
+                }
+                w.tensor(name, dims, ty, data);
+                want.push((hf.to_string(), vals));
+            };
         let f32_block = || -> (Vec<u8>, Vec<f32>) {
             let v: Vec<f32> = (0..32).map(|i| i as f32 * 0.125 - 1.5).collect();
             (f32_bytes(&v), v)
@@ -1501,17 +1664,83 @@ mod tests {
         };
         let bf16_block = || -> (Vec<u8>, Vec<f32>) {
             let v: Vec<f32> = (0..32).map(|i| (i as f32 - 16.0) * 1.5).collect();
-            (v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(), v)
+            (
+                v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
+                v,
+            )
         };
-        add(&mut w, "token_embd.weight", "model.embed_tokens.weight", &[HIDDEN, vocab], 8, q8_0_block);
-        add(&mut w, "output_norm.weight", "model.norm.weight", &[HIDDEN], 0, f32_block);
-        add(&mut w, "blk.0.attn_norm.weight", "model.layers.0.input_layernorm.weight", &[HIDDEN], 0, f32_block);
-        add(&mut w, "blk.0.ffn_norm.weight", "model.layers.0.post_attention_layernorm.weight", &[HIDDEN], 1, f16_block);
-        add(&mut w, "blk.0.attn_v.weight", "model.layers.0.self_attn.v_proj.weight", &[HIDDEN, 16], 2, q4_0_block);
-        add(&mut w, "blk.0.attn_output.weight", "model.layers.0.self_attn.o_proj.weight", &[HIDDEN, HIDDEN], 3, q4_1_block);
-        add(&mut w, "blk.0.ffn_gate.weight", "model.layers.0.mlp.gate_proj.weight", &[HIDDEN, FF], 30, bf16_block);
-        add(&mut w, "blk.0.ffn_up.weight", "model.layers.0.mlp.up_proj.weight", &[HIDDEN, FF], 8, q8_0_block);
-        add(&mut w, "blk.0.ffn_down.weight", "model.layers.0.mlp.down_proj.weight", &[FF, HIDDEN], 2, q4_0_block);
+        add(
+            &mut w,
+            "token_embd.weight",
+            "model.embed_tokens.weight",
+            &[HIDDEN, vocab],
+            8,
+            q8_0_block,
+        );
+        add(
+            &mut w,
+            "output_norm.weight",
+            "model.norm.weight",
+            &[HIDDEN],
+            0,
+            f32_block,
+        );
+        add(
+            &mut w,
+            "blk.0.attn_norm.weight",
+            "model.layers.0.input_layernorm.weight",
+            &[HIDDEN],
+            0,
+            f32_block,
+        );
+        add(
+            &mut w,
+            "blk.0.ffn_norm.weight",
+            "model.layers.0.post_attention_layernorm.weight",
+            &[HIDDEN],
+            1,
+            f16_block,
+        );
+        add(
+            &mut w,
+            "blk.0.attn_v.weight",
+            "model.layers.0.self_attn.v_proj.weight",
+            &[HIDDEN, 16],
+            2,
+            q4_0_block,
+        );
+        add(
+            &mut w,
+            "blk.0.attn_output.weight",
+            "model.layers.0.self_attn.o_proj.weight",
+            &[HIDDEN, HIDDEN],
+            3,
+            q4_1_block,
+        );
+        add(
+            &mut w,
+            "blk.0.ffn_gate.weight",
+            "model.layers.0.mlp.gate_proj.weight",
+            &[HIDDEN, FF],
+            30,
+            bf16_block,
+        );
+        add(
+            &mut w,
+            "blk.0.ffn_up.weight",
+            "model.layers.0.mlp.up_proj.weight",
+            &[HIDDEN, FF],
+            8,
+            q8_0_block,
+        );
+        add(
+            &mut w,
+            "blk.0.ffn_down.weight",
+            "model.layers.0.mlp.down_proj.weight",
+            &[FF, HIDDEN],
+            2,
+            q4_0_block,
+        );
         // q and k: rows numbered so that the un-permute is visible (checked separately below).
         let q_rows: Vec<f32> = (0..HIDDEN * HIDDEN).map(|i| (i / HIDDEN) as f32).collect();
         w.tensor("blk.0.attn_q.weight", &[HIDDEN, HIDDEN], 0, f32_bytes(&q_rows));
@@ -1520,11 +1749,24 @@ mod tests {
         (w, want)
     }
 
-    fn write_tmp(bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("model.gguf");
+    /// A scratch directory under the system temp dir, removed on drop (no dev-dependency needed).
+    struct TmpDir(std::path::PathBuf);
+
+    impl Drop for TmpDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Write `bytes` to `<fresh temp dir>/model.gguf`.
+    fn write_tmp(bytes: &[u8]) -> (TmpDir, std::path::PathBuf) {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("sculpt-gguf-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("model.gguf");
         std::fs::write(&p, bytes).unwrap();
-        (dir, p)
+        (TmpDir(dir), p)
     }
 
     /// llama.cpp's permutation, written from its definition (reshape, swapaxes, reshape).
@@ -1559,7 +1801,10 @@ mod tests {
         assert_eq!(dequantize(GgmlType::Q4_0, &q4_0_block().0, 32)[16], 1.75); // (15 - 8) * 0.25
         assert_eq!(dequantize(GgmlType::Q4_1, &q4_1_block().0, 32)[17], 2.5); // 7 * 0.5 - 1
         assert_eq!(dequantize(GgmlType::F16, &[0x00, 0x3C, 0x00, 0xC0], 2), vec![1.0, -2.0]);
-        assert_eq!(dequantize(GgmlType::BF16, &[0x80, 0x3F, 0x40, 0xC0], 2), vec![1.0, -3.0]);
+        assert_eq!(
+            dequantize(GgmlType::BF16, &[0x80, 0x3F, 0x40, 0xC0], 2),
+            vec![1.0, -3.0]
+        );
         assert_eq!(dequantize(GgmlType::F32, &1.5f32.to_le_bytes(), 1), vec![1.5]);
     }
 
@@ -1578,7 +1823,11 @@ mod tests {
             let rows: Vec<Vec<f32>> = (0..24).map(|r| (0..5).map(|c| (r * 10 + c) as f32).collect()).collect();
             let p = permute_rows(&rows, n_head);
             let t = HostTensor::new(vec![24, 5], p.concat());
-            assert_eq!(unpermute_rows(&t, n_head).unwrap().data, rows.concat(), "n_head {n_head}");
+            assert_eq!(
+                unpermute_rows(&t, n_head).unwrap().data,
+                rows.concat(),
+                "n_head {n_head}"
+            );
         }
         assert!(unpermute_rows(&HostTensor::new(vec![6, 1], vec![0.; 6]), 2).is_none());
     }
@@ -1612,8 +1861,14 @@ mod tests {
             assert_eq!(&t[name].data, vals, "{name}");
         }
         assert_eq!(t["model.embed_tokens.weight"].shape, vec![261, HIDDEN as usize]);
-        assert_eq!(t["model.layers.0.self_attn.v_proj.weight"].shape, vec![16, HIDDEN as usize]);
-        assert_eq!(t["model.layers.0.mlp.down_proj.weight"].shape, vec![HIDDEN as usize, FF as usize]);
+        assert_eq!(
+            t["model.layers.0.self_attn.v_proj.weight"].shape,
+            vec![16, HIDDEN as usize]
+        );
+        assert_eq!(
+            t["model.layers.0.mlp.down_proj.weight"].shape,
+            vec![HIDDEN as usize, FF as usize]
+        );
         assert_eq!(t["model.norm.weight"].shape, vec![HIDDEN as usize]);
 
         // q: 2 heads of 16 rows. GGUF row h*16 + 2j + s holds HF row h*16 + 8s + j.
@@ -1628,7 +1883,10 @@ mod tests {
         let k = &t["model.layers.0.self_attn.k_proj.weight"];
         assert_eq!(k.shape, vec![16, 32]);
         let k_rows: Vec<f32> = (0..16).map(|r| row_of(k, r)).collect();
-        assert_eq!(k_rows, vec![0., 2., 4., 6., 8., 10., 12., 14., 1., 3., 5., 7., 9., 11., 13., 15.]);
+        assert_eq!(
+            k_rows,
+            vec![0., 2., 4., 6., 8., 10., 12., 14., 1., 3., 5., 7., 9., 11., 13., 15.]
+        );
 
         // Tokenizer: merges, control tokens, no BOS, round trip.
         let tok = &m.tokenizer;
@@ -1641,7 +1899,8 @@ mod tests {
     #[test]
     fn gpt2_tokenizer_adds_bos_when_asked() {
         let (mut w, _) = tiny_llama();
-        w.kv("tokenizer.ggml.add_bos_token", W::Bool(true)).kv("tokenizer.ggml.pre", W::Str("gpt2".into()));
+        w.kv("tokenizer.ggml.add_bos_token", W::Bool(true))
+            .kv("tokenizer.ggml.pre", W::Str("gpt2".into()));
         let (_dir, path) = write_tmp(&w.bytes());
         let m = read_gguf(&path).unwrap();
         let enc = m.tokenizer.encode("the 12", true).unwrap();
@@ -1658,7 +1917,11 @@ mod tests {
             let m = read_gguf(&path).unwrap_or_else(|e| panic!("{pre}: {e}"));
             let enc = m.tokenizer.encode(text, false).unwrap();
             assert_eq!(m.tokenizer.decode(enc.get_ids(), false).unwrap(), text, "{pre}");
-            assert_eq!(enc.get_tokens().last().map(String::as_str), Some("<|im_start|>"), "{pre}");
+            assert_eq!(
+                enc.get_tokens().last().map(String::as_str),
+                Some("<|im_start|>"),
+                "{pre}"
+            );
         }
         // llama.cpp's "default" splits runs of digits into threes.
         let (mut w, _) = tiny_llama();
@@ -1705,9 +1968,11 @@ mod tests {
             types.push(6);
             scores.push(0.0);
         }
-        for (i, p) in ["▁", "h", "e", "l", "o", "w", "r", "d", "ll", "he", "▁he", "llo", "▁hello", "or", "▁w"]
-            .iter()
-            .enumerate()
+        for (i, p) in [
+            "▁", "h", "e", "l", "o", "w", "r", "d", "ll", "he", "▁he", "llo", "▁hello", "or", "▁w",
+        ]
+        .iter()
+        .enumerate()
         {
             tokens.push(p.to_string());
             types.push(1);
@@ -1764,7 +2029,10 @@ mod tests {
         let b = w.bytes();
         for len in (0..b.len()).step_by(7).chain([b.len() - 1]) {
             let s = expect_err(&b[..len]);
-            assert!(s.contains("truncated") || s.contains("run past the end") || s.contains("claims"), "{len}: {s}");
+            assert!(
+                s.contains("truncated") || s.contains("run past the end") || s.contains("claims"),
+                "{len}: {s}"
+            );
         }
         // The data section's last bytes name the tensor that is cut short.
         let s = expect_err(&b[..b.len() - 1]);
@@ -1795,7 +2063,10 @@ mod tests {
         let off_at = at + 4 + 2 * 8 + 4;
         b[off_at..off_at + 8].copy_from_slice(&(u64::MAX - 31).to_le_bytes());
         let s = expect_err(&b);
-        assert!(s.contains("blk.0.attn_k.weight") && s.contains("run past the end"), "{s}");
+        assert!(
+            s.contains("blk.0.attn_k.weight") && s.contains("run past the end"),
+            "{s}"
+        );
         b[off_at..off_at + 8].copy_from_slice(&5u64.to_le_bytes());
         assert!(expect_err(&b).contains("multiple of the alignment"));
     }

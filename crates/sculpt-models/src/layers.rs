@@ -43,13 +43,36 @@ pub fn load_param<B: Backend, const D: usize>(
     Ok(Param::from_tensor(to_tensor(map.take(name, &shape)?, device)))
 }
 
-/// `y = x Wᵀ + b` with `W: [out, in]` (Hugging Face layout).
+/// A low-rank term `U diag(s) Vt` added to a linear layer's weight: `U: [out, r]`, `s: [r]`,
+/// `Vt: [r, in]`. Fine-tuning methods (OSFT's trainable low subspace, LoRA) attach one from
+/// outside; the model only knows how to apply it.
+#[derive(Module, Debug)]
+pub struct LowRank<B: Backend> {
+    /// `[out, r]`.
+    pub u: Param<Tensor<B, 2>>,
+    /// `[r]`.
+    pub s: Param<Tensor<B, 1>>,
+    /// `[r, in]`.
+    pub vt: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> LowRank<B> {
+    /// The dense `[out, in]` matrix `U diag(s) Vt`.
+    pub fn dense(&self) -> Tensor<B, 2> {
+        (self.u.val() * self.s.val().unsqueeze::<2>()).matmul(self.vt.val())
+    }
+}
+
+/// `y = x Wᵀ + ((x Vtᵀ) ⊙ s) Uᵀ + b` with `W: [out, in]` (Hugging Face layout) and an optional
+/// low-rank term.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
     /// `[out, in]`.
     pub weight: Param<Tensor<B, 2>>,
     /// `[out]`, when the checkpoint has one.
     pub bias: Option<Param<Tensor<B, 1>>>,
+    /// A low-rank term added to `weight` (not part of the checkpoint; merge it before saving).
+    pub delta: Option<LowRank<B>>,
 }
 
 impl<B: Backend> Linear<B> {
@@ -57,10 +80,19 @@ impl<B: Backend> Linear<B> {
     pub fn load(map: &mut TensorMap, prefix: &str, d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Result<Self> {
         let weight = load_param(map, &format!("{prefix}.weight"), [d_out, d_in], device)?;
         let bias = if bias { Some(load_param(map, &format!("{prefix}.bias"), [d_out], device)?) } else { None };
-        Ok(Linear { weight, bias })
+        Ok(Linear { weight, bias, delta: None })
     }
 
-    /// Visit `{prefix}.weight` (and bias).
+    /// The effective dense weight `W + U diag(s) Vt`, `[out, in]`.
+    pub fn effective_weight(&self) -> Tensor<B, 2> {
+        match &self.delta {
+            Some(d) => self.weight.val() + d.dense(),
+            None => self.weight.val(),
+        }
+    }
+
+    /// Visit `{prefix}.weight` (and bias). With a low-rank term attached this hands out the
+    /// stored base weight only; merge first to see the effective weight.
     pub fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, ParamRef<'_, B>)) {
         f(&format!("{prefix}.weight"), ParamRef::Matrix(&self.weight));
         if let Some(b) = &self.bias {
@@ -73,7 +105,12 @@ impl<B: Backend> Linear<B> {
         let [b, s, d_in] = x.dims();
         let w = self.weight.val();
         let d_out = w.dims()[0];
-        let y = x.reshape([b * s, d_in]).matmul(w.transpose());
+        let x = x.reshape([b * s, d_in]);
+        let mut y = x.clone().matmul(w.transpose());
+        if let Some(d) = &self.delta {
+            // ((x Vtᵀ) ⊙ s) Uᵀ: r(in + out) multiply-adds per token, never the dense product.
+            y = y + (x.matmul(d.vt.val().transpose()) * d.s.val().unsqueeze::<2>()).matmul(d.u.val().transpose());
+        }
         let y = match &self.bias {
             Some(bias) => y + bias.val().unsqueeze::<2>(),
             None => y,
@@ -173,6 +210,10 @@ impl<B: Backend> ParamRef<'_, B> {
 pub trait NamedParams<B: Backend> {
     /// Call `f` once per parameter, in checkpoint order, with its Hugging Face name.
     fn visit_params(&self, f: &mut dyn FnMut(&str, ParamRef<'_, B>));
+
+    /// Call `f` once per linear layer with its Hugging Face module name (`….q_proj`), mutably:
+    /// the hook through which fine-tuning methods attach, update and merge low-rank terms.
+    fn visit_linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut Linear<B>));
 
     /// All parameter values on the host, by Hugging Face name (tied tensors once).
     fn export(&self) -> TensorMap {

@@ -5,7 +5,6 @@
 pub mod config;
 pub mod error;
 pub mod generate;
-#[path = "gguf_placeholder.rs"] // TMP until gguf.rs lands
 pub mod gguf;
 pub mod host;
 pub mod layers;

@@ -527,6 +527,22 @@ impl<B: Backend> NamedParams<B> for Llama<B> {
             h.visit("lm_head", f);
         }
     }
+
+    fn visit_linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut Linear<B>)) {
+        for (i, l) in self.model.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            f(&format!("{p}.self_attn.q_proj"), &mut l.self_attn.q_proj);
+            f(&format!("{p}.self_attn.k_proj"), &mut l.self_attn.k_proj);
+            f(&format!("{p}.self_attn.v_proj"), &mut l.self_attn.v_proj);
+            f(&format!("{p}.self_attn.o_proj"), &mut l.self_attn.o_proj);
+            f(&format!("{p}.mlp.gate_proj"), &mut l.mlp.gate_proj);
+            f(&format!("{p}.mlp.up_proj"), &mut l.mlp.up_proj);
+            f(&format!("{p}.mlp.down_proj"), &mut l.mlp.down_proj);
+        }
+        if let Some(h) = &mut self.lm_head {
+            f("lm_head", h);
+        }
+    }
 }
 
 /// Causal (+ key padding) additive bias `[b, 1, s, t]` for queries at `offset..offset+s`.

@@ -37,6 +37,13 @@ impl<B: Backend> NamedParams<B> for Model<B> {
             Model::Llama(m) => m.visit_params(f),
         }
     }
+
+    fn visit_linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut crate::layers::Linear<B>)) {
+        match self {
+            Model::T5(m) => m.visit_linears_mut(f),
+            Model::Llama(m) => m.visit_linears_mut(f),
+        }
+    }
 }
 
 impl<B: Backend> Model<B> {

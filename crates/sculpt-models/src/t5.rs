@@ -617,4 +617,39 @@ impl<B: Backend> NamedParams<B> for T5<B> {
             h.visit("lm_head", f);
         }
     }
+
+    fn visit_linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut Linear<B>)) {
+        for (name, st) in [("encoder", &mut self.encoder), ("decoder", &mut self.decoder)] {
+            for (i, blk) in st.block.iter_mut().enumerate() {
+                let p = format!("{name}.block.{i}");
+                let attn = |a: &mut T5Attention<B>, p: &str, f: &mut dyn FnMut(&str, &mut Linear<B>)| {
+                    f(&format!("{p}.q"), &mut a.q);
+                    f(&format!("{p}.k"), &mut a.k);
+                    f(&format!("{p}.v"), &mut a.v);
+                    f(&format!("{p}.o"), &mut a.o);
+                };
+                attn(&mut blk.self_attention, &format!("{p}.layer.0.SelfAttention"), f);
+                let ff_idx = match &mut blk.cross_attention {
+                    Some(a) => {
+                        attn(a, &format!("{p}.layer.1.EncDecAttention"), f);
+                        2
+                    }
+                    None => 1,
+                };
+                let ff = &mut blk.ff;
+                let fp = format!("{p}.layer.{ff_idx}.DenseReluDense");
+                match &mut ff.wi_1 {
+                    Some(wi_1) => {
+                        f(&format!("{fp}.wi_0"), &mut ff.wi_0);
+                        f(&format!("{fp}.wi_1"), wi_1);
+                    }
+                    None => f(&format!("{fp}.wi"), &mut ff.wi_0),
+                }
+                f(&format!("{fp}.wo"), &mut ff.wo);
+            }
+        }
+        if let Some(h) = &mut self.lm_head {
+            f("lm_head", h);
+        }
+    }
 }
