@@ -1,0 +1,9 @@
+//! Task data for sculpt: reading dataset files into token examples and batching them.
+
+pub mod batch;
+pub mod error;
+pub mod pretokenized;
+
+pub use batch::{Batch, Batcher};
+pub use error::{DataError, Result};
+pub use pretokenized::{read_pretokenized, Example};

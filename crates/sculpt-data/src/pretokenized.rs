@@ -1,0 +1,109 @@
+//! Pre-tokenized JSONL, as mini_trainer uses: one `{"input_ids": [...], "labels": [...]}` object
+//! per line, labels `-100` where the loss ignores a position. For decoder-only models both lists
+//! have the same length (position `t` of `labels` is the token at `t`; the loss shifts); for
+//! encoder–decoder models `input_ids` feed the encoder and `labels` are the decoder targets.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{DataError, Result};
+
+/// One training example.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    /// Token ids.
+    pub input_ids: Vec<u32>,
+    /// Targets, `-100` = ignored.
+    pub labels: Vec<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    input_ids: Vec<i64>,
+    labels: Option<Vec<i64>>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    attention_mask: Option<Vec<i64>>,
+}
+
+/// Read a pre-tokenized JSONL file. `same_length` requires `labels` to match `input_ids` in
+/// length (decoder-only models); `vocab` bounds every id. Blank lines are skipped.
+pub fn read_pretokenized(path: &Path, same_length: bool, vocab: usize) -> Result<Vec<Example>> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::Io { path: path.to_path_buf(), source: e })?;
+    let mut out = vec![];
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let err = |msg: String| DataError::Line { path: path.to_path_buf(), line, msg };
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let l: Line = serde_json::from_str(raw).map_err(|e| err(format!("expected {{\"input_ids\": [...], \"labels\": [...]}}: {e}")))?;
+        if l.input_ids.is_empty() {
+            return Err(err("`input_ids` is empty".into()));
+        }
+        let ids = l
+            .input_ids
+            .iter()
+            .map(|&x| if x >= 0 && (x as usize) < vocab { Ok(x as u32) } else { Err(err(format!("token id {x} in `input_ids` is outside the vocabulary 0..{vocab}"))) })
+            .collect::<Result<Vec<u32>>>()?;
+        let labels = l.labels.unwrap_or_else(|| ids.iter().map(|&x| x as i64).collect());
+        if same_length && labels.len() != ids.len() {
+            return Err(err(format!("`labels` has {} entries but `input_ids` has {}", labels.len(), ids.len())));
+        }
+        if let Some(bad) = labels.iter().find(|&&x| x != -100 && !(x >= 0 && (x as usize) < vocab)) {
+            return Err(err(format!("label {bad} is neither -100 nor a token id in 0..{vocab}")));
+        }
+        if labels.iter().all(|&x| x == -100) {
+            return Err(err("every label is -100: the example contributes no loss".into()));
+        }
+        out.push(Example { input_ids: ids, labels });
+    }
+    if out.is_empty() {
+        return Err(DataError::Empty { path: path.to_path_buf() });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str, same: bool) -> Result<Vec<Example>> {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        read_pretokenized(f.path(), same, 100)
+    }
+
+    #[test]
+    fn reads_lines_and_defaults_labels_to_the_inputs() {
+        let ex = read("{\"input_ids\":[1,2,3],\"labels\":[-100,2,3]}\n\n{\"input_ids\":[4,5]}\n", true).unwrap();
+        assert_eq!(ex.len(), 2);
+        assert_eq!(ex[0].labels, vec![-100, 2, 3]);
+        assert_eq!(ex[1].labels, vec![4, 5]);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let cases = [
+            ("{\"input_ids\":[1,2]}\nnot json\n", ":2:"),
+            ("{\"input_ids\":[1,2],\"labels\":[1]}\n", "has 1 entries"),
+            ("{\"input_ids\":[1,200]}\n", "outside the vocabulary"),
+            ("{\"input_ids\":[1,2],\"labels\":[-100,-100]}\n", "no loss"),
+            ("{\"input_ids\":[1],\"extra\":1}\n", "unknown field"),
+            ("\n\n", "no examples"),
+        ];
+        for (text, want) in cases {
+            let e = read(text, true).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(s in "\\PC*") {
+            let _ = read(&s, true);
+        }
+    }
+}

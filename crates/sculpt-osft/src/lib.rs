@@ -1,0 +1,16 @@
+//! Orthogonal subspace fine-tuning (OSFT, "Sculpting Subspaces", arXiv 2504.07097): the SVD split
+//! of target weights into a frozen high subspace and a trainable low one, rank rules, the
+//! factored projections that keep every update orthogonal to the frozen part, and the merge at a
+//! task boundary. Implements form (C) of `docs/osft-spec.md`: gradients projected before the
+//! optimizer step **and** the low factors projected after it.
+
+pub mod error;
+pub mod osft;
+pub mod project;
+pub mod rank;
+pub mod svd;
+pub mod targets;
+
+pub use error::{OsftError, Result};
+pub use osft::{merge, Osft, OsftConfig, ResolvedTarget, SvdMethod};
+pub use rank::{RankOverride, RankRule};

@@ -1,0 +1,299 @@
+//! OSFT attached to a model: every target linear `W` is split by SVD into a frozen high part and
+//! a trainable low part, `W = W_high + U_l diag(s_l) Vt_l`, and the low factors are kept
+//! orthogonal to the frozen bases `U_h`, `Vt_h` (form (C) of the spec).
+//!
+//! `W_high` is stored dense as `W − U_l0 diag(s_l0) Vt_l0` (the exact base minus the initial low
+//! part), so the model output at step 0 equals the original model's up to one fp32 rounding,
+//! not up to the SVD's round-off, and the merged weight is `W + (U_l S Vt_l − U_l0 S0 Vt_l0)`.
+//! The projection bases `U_h` (`[n, k]`) and `Vt_h` (`[k, m]`) live here, outside the model, on
+//! the same device, and never change during a task.
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
+use sculpt_models::layers::{LowRank, NamedParams};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{OsftError, Result};
+use crate::project::{project_u, project_vt};
+use crate::rank::{RankOverride, RankPolicy, RankRule};
+use crate::svd::{randomized_svd, thin_svd, RsvdOptions, Svd};
+use crate::targets::{default_targets, TargetSet};
+
+/// How target matrices are decomposed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", tag = "method", deny_unknown_fields)]
+pub enum SvdMethod {
+    /// Exact thin SVD (faer) on the host.
+    #[default]
+    Exact,
+    /// Blocked randomized SVD with a full-width sketch.
+    Randomized {
+        /// Power iterations.
+        #[serde(default = "one")]
+        power_iters: usize,
+        /// Gram–Schmidt block width.
+        #[serde(default = "sixty_four")]
+        block: usize,
+    },
+}
+
+fn one() -> usize {
+    1
+}
+fn sixty_four() -> usize {
+    64
+}
+
+/// The `[osft]` section of a run config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OsftConfig {
+    /// Regexes selecting target modules by Hugging Face name (default: the family's projections).
+    #[serde(default)]
+    pub targets: Option<Vec<String>>,
+    /// Retained-rank rule.
+    #[serde(default)]
+    pub rank: RankRule,
+    /// Per-module overrides, first match wins.
+    #[serde(default)]
+    pub rank_overrides: Vec<RankOverride>,
+    /// Decomposition method.
+    #[serde(default)]
+    pub svd: SvdMethod,
+    /// Also train embeddings, heads and norms (unprojected), as mini_trainer does. Off by default (PEFT).
+    #[serde(default)]
+    pub train_non_targets: bool,
+}
+
+impl Default for OsftConfig {
+    fn default() -> Self {
+        OsftConfig { targets: None, rank: RankRule::default(), rank_overrides: vec![], svd: SvdMethod::Exact, train_non_targets: false }
+    }
+}
+
+/// What was decided for one target (logged and saved with the run).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResolvedTarget {
+    /// Hugging Face module name.
+    pub name: String,
+    /// Rows (`out`).
+    pub n: usize,
+    /// Columns (`in`).
+    pub m: usize,
+    /// Retained (frozen) rank.
+    pub k: usize,
+    /// Trainable rank `min(n, m) − k`.
+    pub r_low: usize,
+    /// Normalised importance, when the adaptive rule ran.
+    pub importance: Option<f64>,
+    /// The rule that applied.
+    pub rule: RankRule,
+}
+
+struct Target<B: AutodiffBackend> {
+    info: ResolvedTarget,
+    u_high: Tensor<B::InnerBackend, 2>,
+    vt_high: Tensor<B::InnerBackend, 2>,
+    u_id: ParamId,
+    s_id: ParamId,
+    vt_id: ParamId,
+}
+
+/// The OSFT state of one task: projection bases and the ids of the trainable factors.
+pub struct Osft<B: AutodiffBackend> {
+    targets: Vec<Target<B>>,
+    by_name: BTreeMap<String, usize>,
+}
+
+fn upload<B: Backend, const D: usize>(data: Vec<f32>, shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+fn slice_cols(a: &[f32], n: usize, cols: usize, from: usize, to: usize) -> Vec<f32> {
+    (0..n).flat_map(|i| a[i * cols + from..i * cols + to].iter().copied()).collect()
+}
+
+impl<B: AutodiffBackend> Osft<B> {
+    /// Decompose the targets of `model` and attach trainable low factors.
+    ///
+    /// `importance` (normalised, by module name) is needed when a rank rule is adaptive.
+    pub fn attach<M: Module<B> + NamedParams<B>>(
+        model: M,
+        cfg: &OsftConfig,
+        family: &str,
+        importance: Option<&BTreeMap<String, f64>>,
+    ) -> Result<(M, Self)> {
+        let patterns = cfg.targets.clone().unwrap_or_else(|| default_targets(family));
+        let targets = TargetSet::new(&patterns)?;
+        let policy = RankPolicy::new(cfg.rank.clone(), &cfg.rank_overrides)?;
+        let mut model = if cfg.train_non_targets { model } else { model.no_grad() };
+
+        // 1. Collect the effective dense weights of the targets.
+        let mut found: Vec<(String, usize, usize, Vec<f32>)> = vec![];
+        model.visit_linears_mut(&mut |name, lin| {
+            if targets.matches(name) {
+                let w = sculpt_models::layers::to_host(lin.effective_weight());
+                found.push((name.to_string(), w.shape[0], w.shape[1], w.data));
+            }
+        });
+        if found.is_empty() {
+            return Err(OsftError::NoTargets { patterns });
+        }
+        // 2. Resolve ranks.
+        let mut infos = vec![];
+        for (name, n, m, _) in &found {
+            let rule = policy.rule_for(name).clone();
+            let imp = if rule.is_adaptive() {
+                Some(*importance.and_then(|i| i.get(name)).ok_or_else(|| OsftError::BadRankRule {
+                    key: "osft.rank".into(),
+                    msg: format!("the adaptive rule needs an importance for `{name}`"),
+                })?)
+            } else {
+                None
+            };
+            if n.min(m) < &2 {
+                return Err(OsftError::RankOutOfRange { name: name.clone(), n: *n, m: *m, rank: 1, max: n.min(m).saturating_sub(1) });
+            }
+            let k = rule.retained(*n, *m, imp);
+            infos.push(ResolvedTarget { name: name.clone(), n: *n, m: *m, k, r_low: n.min(m) - k, importance: imp, rule });
+        }
+        // 3. Decompose, matrices in parallel (each SVD single-threaded: better use of the cores
+        //    than parallelising inside one small SVD).
+        let svds: Vec<std::result::Result<Svd, String>> = {
+            let prev = faer::get_global_parallelism();
+            faer::set_global_parallelism(faer::Par::Seq);
+            let out = found
+                .par_iter()
+                .map(|(_, n, m, w)| match cfg.svd {
+                    SvdMethod::Exact => thin_svd(w, *n, *m),
+                    SvdMethod::Randomized { power_iters, block } => {
+                        randomized_svd(w, *n, *m, RsvdOptions { power_iters, block, ..Default::default() })
+                    }
+                })
+                .collect();
+            faer::set_global_parallelism(prev);
+            out
+        };
+        // 4. Split and attach.
+        let mut parts: BTreeMap<String, (ResolvedTarget, Svd, Vec<f32>)> = BTreeMap::new();
+        for ((info, svd), (_, _, _, w)) in infos.into_iter().zip(svds).zip(found) {
+            let svd = svd.map_err(|msg| OsftError::Svd { name: info.name.clone(), msg })?;
+            parts.insert(info.name.clone(), (info, svd, w));
+        }
+        let mut state = Osft { targets: vec![], by_name: BTreeMap::new() };
+        model.visit_linears_mut(&mut |name, lin| {
+            let Some((info, svd, w)) = parts.remove(name) else { return };
+            let device = lin.weight.val().device();
+            let (n, m, k, r) = (info.n, info.m, info.k, svd.rank());
+            let u_low = slice_cols(&svd.u, n, r, k, r);
+            let s_low = svd.s[k..].to_vec();
+            let vt_low = svd.vt[k * m..].to_vec();
+            // W_high = W − U_l0 diag(s_l0) Vt_l0, accumulated in f64.
+            let rl = r - k;
+            let mut w_high = w;
+            for i in 0..n {
+                for j in 0..m {
+                    let mut acc = 0.0f64;
+                    for t in 0..rl {
+                        acc += u_low[i * rl + t] as f64 * s_low[t] as f64 * vt_low[t * m + j] as f64;
+                    }
+                    w_high[i * m + j] = (w_high[i * m + j] as f64 - acc) as f32;
+                }
+            }
+            lin.weight = Param::from_tensor(upload::<B, 2>(w_high, [n, m], &device)).set_require_grad(false);
+            let delta = LowRank {
+                u: Param::from_tensor(upload::<B, 2>(u_low, [n, rl], &device)),
+                s: Param::from_tensor(upload::<B, 1>(s_low, [rl], &device)),
+                vt: Param::from_tensor(upload::<B, 2>(vt_low, [rl, m], &device)),
+            };
+            let (u_id, s_id, vt_id) = (delta.u.id, delta.s.id, delta.vt.id);
+            lin.delta = Some(delta);
+            let u_high = upload::<B::InnerBackend, 2>(slice_cols(&svd.u, n, r, 0, k), [n, k], &device);
+            let vt_high = upload::<B::InnerBackend, 2>(svd.vt[..k * m].to_vec(), [k, m], &device);
+            tracing::debug!(target = %info.name, n, m, k, r_low = rl, "decomposed");
+            state.by_name.insert(info.name.clone(), state.targets.len());
+            state.targets.push(Target { info, u_high, vt_high, u_id, s_id, vt_id });
+        });
+        Ok((model, state))
+    }
+
+    /// The resolved rank of every target, in model order.
+    pub fn resolved(&self) -> Vec<ResolvedTarget> {
+        self.targets.iter().map(|t| t.info.clone()).collect()
+    }
+
+    /// The trainable low factors as `(id, rank)`: `U_l` (2), `s_l` (1), `Vt_l` (2) of every target.
+    pub fn low_param_ids(&self) -> Vec<(ParamId, usize)> {
+        self.targets.iter().flat_map(|t| [(t.u_id, 2), (t.s_id, 1), (t.vt_id, 2)]).collect()
+    }
+
+    /// Project the low-factor gradients: `dU ← dU − U_h(U_hᵀ dU)`, `dVt ← dVt − (dVt Vt_hᵀ) Vt_h`.
+    pub fn project_grads(&self, grads: &mut GradientsParams) {
+        for t in &self.targets {
+            if let Some(g) = grads.remove::<B::InnerBackend, 2>(t.u_id) {
+                grads.register(t.u_id, project_u(g, &t.u_high));
+            }
+            if let Some(g) = grads.remove::<B::InnerBackend, 2>(t.vt_id) {
+                grads.register(t.vt_id, project_vt(g, &t.vt_high));
+            }
+        }
+    }
+
+    /// Project the low factors themselves (after the optimizer step).
+    pub fn project_params<M: NamedParams<B>>(&self, model: &mut M) {
+        model.visit_linears_mut(&mut |name, lin| {
+            let (Some(&i), Some(d)) = (self.by_name.get(name), lin.delta.take()) else { return };
+            let t = &self.targets[i];
+            let u = d.u.map(|x| Tensor::from_inner(project_u(x.inner(), &t.u_high)).require_grad());
+            let vt = d.vt.map(|x| Tensor::from_inner(project_vt(x.inner(), &t.vt_high)).require_grad());
+            lin.delta = Some(LowRank { u, s: d.s, vt });
+        });
+    }
+
+    /// Largest entries of the cross products `(max|U_hᵀ U_l|, max|Vt_l Vt_hᵀ|)` over all targets:
+    /// zero (to rounding) while the low factors stay orthogonal to the frozen bases.
+    pub fn leakage<M: NamedParams<B>>(&self, model: &mut M) -> (f32, f32) {
+        let mut worst = (0.0f32, 0.0f32);
+        model.visit_linears_mut(&mut |name, lin| {
+            let (Some(&i), Some(d)) = (self.by_name.get(name), lin.delta.as_ref()) else { return };
+            let t = &self.targets[i];
+            let a: f32 = t.u_high.clone().transpose().matmul(d.u.val().inner()).abs().max().into_scalar().to_f32_lossy();
+            let b: f32 = d.vt.val().inner().matmul(t.vt_high.clone().transpose()).abs().max().into_scalar().to_f32_lossy();
+            worst = (worst.0.max(a), worst.1.max(b));
+        });
+        worst
+    }
+
+    /// The frozen bases of `name` on the host: `(U_h [n, k], Vt_h [k, m])`.
+    pub fn frozen_bases(&self, name: &str) -> Option<(Vec<f32>, Vec<f32>)> {
+        let t = &self.targets[*self.by_name.get(name)?];
+        let f = |x: &Tensor<B::InnerBackend, 2>| x.clone().into_data().convert::<f32>().into_vec::<f32>().expect("f32");
+        Some((f(&t.u_high), f(&t.vt_high)))
+    }
+}
+
+/// Fold every attached low-rank term into its dense weight (in fp32): `W ← W + U diag(s) Vt`.
+/// The result is a plain model, ready to save or to decompose again at the next task.
+pub fn merge<B: Backend, M: NamedParams<B>>(model: &mut M) {
+    model.visit_linears_mut(&mut |_, lin| {
+        if lin.delta.is_some() {
+            let w = lin.effective_weight();
+            lin.delta = None;
+            lin.weight = Param::from_tensor(w.detach());
+        }
+    });
+}
+
+trait ToF32Lossy {
+    fn to_f32_lossy(self) -> f32;
+}
+impl<E: burn::tensor::ElementConversion> ToF32Lossy for E {
+    fn to_f32_lossy(self) -> f32 {
+        self.elem::<f32>()
+    }
+}

@@ -1,0 +1,315 @@
+//! Thin SVD of host matrices, two ways:
+//!
+//! * [`thin_svd`] — exact (faer's bidiagonalisation + divide-and-conquer), the CPU path and the
+//!   test oracle;
+//! * [`randomized_svd`] — the blocked randomized SVD (Gaussian sketch, power iterations, blocked
+//!   Gram–Schmidt orthonormalisation, small dense SVD) that the GPU kernels implement. With the
+//!   sketch width equal to `min(n, m)` it returns the **full** thin SVD, the split that form (C)
+//!   needs (both the frozen top-k and the trainable complement).
+//!
+//! Matrices are row-major `[n, m]` f32; factors come back as `u: [n, r]`, `s: [r]` (descending),
+//! `vt: [r, m]` with `r = min(n, m)` (or the sketch width).
+
+use faer::{Mat, MatRef};
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+
+/// A thin SVD `A = U diag(s) Vt`.
+#[derive(Debug, Clone)]
+pub struct Svd {
+    /// Rows of `A`.
+    pub n: usize,
+    /// Columns of `A`.
+    pub m: usize,
+    /// `[n, r]` row-major, orthonormal columns.
+    pub u: Vec<f32>,
+    /// `[r]`, descending, ≥ 0.
+    pub s: Vec<f32>,
+    /// `[r, m]` row-major, orthonormal rows.
+    pub vt: Vec<f32>,
+}
+
+impl Svd {
+    /// Number of singular triplets.
+    pub fn rank(&self) -> usize {
+        self.s.len()
+    }
+
+    /// `U diag(s) Vt` as a row-major `[n, m]` matrix.
+    pub fn reconstruct(&self) -> Vec<f32> {
+        let r = self.rank();
+        let us = Mat::<f32>::from_fn(self.n, r, |i, j| self.u[i * r + j] * self.s[j]);
+        let vt = Mat::<f32>::from_fn(r, self.m, |i, j| self.vt[i * self.m + j]);
+        to_row_major((&us * &vt).as_ref())
+    }
+}
+
+fn from_row_major(a: &[f32], n: usize, m: usize) -> Mat<f32> {
+    assert_eq!(a.len(), n * m, "matrix of {n}×{m} needs {} values, got {}", n * m, a.len());
+    Mat::from_fn(n, m, |i, j| a[i * m + j])
+}
+
+fn to_row_major(a: MatRef<'_, f32>) -> Vec<f32> {
+    let (n, m) = (a.nrows(), a.ncols());
+    let mut out = Vec::with_capacity(n * m);
+    for i in 0..n {
+        for j in 0..m {
+            out.push(a[(i, j)]);
+        }
+    }
+    out
+}
+
+/// Exact thin SVD of the row-major `[n, m]` matrix `a` (fp32), singular values descending.
+pub fn thin_svd(a: &[f32], n: usize, m: usize) -> Result<Svd, String> {
+    let mat = from_row_major(a, n, m);
+    let svd = mat.thin_svd().map_err(|e| format!("{e:?}"))?;
+    let r = n.min(m);
+    let (u, s, v) = (svd.U(), svd.S().column_vector(), svd.V());
+    let mut out = Svd { n, m, u: to_row_major(u), s: (0..r).map(|i| s[i]).collect(), vt: vec![0.0; r * m] };
+    for i in 0..r {
+        for j in 0..m {
+            out.vt[i * m + j] = v[(j, i)];
+        }
+    }
+    sort_descending(&mut out);
+    if out.s.iter().chain(&out.u).chain(&out.vt).any(|x| !x.is_finite()) {
+        return Err("non-finite values in the factors".into());
+    }
+    Ok(out)
+}
+
+/// Reorder triplets so that `s` is descending (faer already returns them so; this guards the invariant).
+fn sort_descending(svd: &mut Svd) {
+    let r = svd.rank();
+    if svd.s.windows(2).all(|w| w[0] >= w[1]) {
+        return;
+    }
+    let mut idx: Vec<usize> = (0..r).collect();
+    idx.sort_by(|&a, &b| svd.s[b].total_cmp(&svd.s[a]));
+    let (n, m) = (svd.n, svd.m);
+    let u: Vec<f32> = (0..n).flat_map(|i| idx.iter().map(move |&j| (i, j))).map(|(i, j)| svd.u[i * r + j]).collect();
+    let vt: Vec<f32> = idx.iter().flat_map(|&j| svd.vt[j * m..(j + 1) * m].to_vec()).collect();
+    svd.s = idx.iter().map(|&j| svd.s[j]).collect();
+    svd.u = u;
+    svd.vt = vt;
+}
+
+/// Options of the randomized SVD.
+#[derive(Debug, Clone, Copy)]
+pub struct RsvdOptions {
+    /// Sketch width `l` (`None` = `min(n, m)`, the full split).
+    pub rank: Option<usize>,
+    /// Power (subspace) iterations `q`; each multiplies by `A Aᵀ` once and re-orthonormalises.
+    pub power_iters: usize,
+    /// Column block of the blocked Gram–Schmidt.
+    pub block: usize,
+    /// Seed of the Gaussian sketch.
+    pub seed: u64,
+}
+
+impl Default for RsvdOptions {
+    fn default() -> Self {
+        RsvdOptions { rank: None, power_iters: 1, block: 64, seed: 0x05F7 }
+    }
+}
+
+/// Blocked classical Gram–Schmidt with re-orthogonalisation (BCGS2) on the columns of `y: [n, l]`:
+/// each block of `block` columns is orthogonalised twice against the finished blocks
+/// (`Y_b ← Y_b − Q (Qᵀ Y_b)`), then inside itself by a thin QR. Columns that vanish (rank
+/// deficiency) are replaced by fresh directions orthogonal to everything so far, so `Q` always
+/// has `l` orthonormal columns.
+pub fn orthonormalize(y: &Mat<f32>, block: usize, seed: u64) -> Mat<f32> {
+    let (n, l) = (y.nrows(), y.ncols());
+    assert!(l <= n, "orthonormalize: {l} columns in {n} dimensions");
+    let block = block.max(1);
+    let mut q = Mat::<f32>::zeros(n, l);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x9E37);
+    let mut done = 0;
+    while done < l {
+        let w = block.min(l - done);
+        let mut yb = y.subcols(done, w).to_owned();
+        let scale0 = frob(yb.as_ref()).max(f32::MIN_POSITIVE);
+        for attempt in 0.. {
+            assert!(attempt < 8, "orthonormalize: could not complete the basis");
+            if done > 0 {
+                // CGS2: project out the finished blocks twice.
+                let qd = q.subcols(0, done);
+                for _ in 0..2 {
+                    let c = qd.transpose() * &yb;
+                    yb -= qd * &c;
+                }
+            }
+            let qr = yb.qr();
+            let bad: Vec<usize> = (0..w).filter(|&i| qr.thin_R()[(i, i)].abs() <= 1e-6 * scale0).collect();
+            yb = qr.compute_thin_Q();
+            if bad.is_empty() {
+                break;
+            }
+            // A (numerically) dependent column: Householder still gives a unit vector, but an
+            // arbitrary one that need not be orthogonal to the earlier blocks. Draw a fresh
+            // direction and orthogonalise again.
+            for &j in &bad {
+                for i in 0..n {
+                    yb[(i, j)] = StandardNormal.sample(&mut rng);
+                }
+            }
+        }
+        q.subcols_mut(done, w).copy_from(&yb);
+        done += w;
+    }
+    q
+}
+
+fn frob(a: MatRef<'_, f32>) -> f32 {
+    let mut acc = 0.0f64;
+    for j in 0..a.ncols() {
+        for i in 0..a.nrows() {
+            acc += (a[(i, j)] as f64).powi(2);
+        }
+    }
+    acc.sqrt() as f32
+}
+
+/// Blocked randomized SVD of the row-major `[n, m]` matrix `a`.
+///
+/// 1. sketch `Y = A Ω`, `Ω: [m, l]` Gaussian; 2. `q` power iterations `Y ← A (Aᵀ Q)` with
+/// orthonormalisation between products; 3. `Q = orth(Y)` (blocked, see [`orthonormalize`]);
+/// 4. `B = Qᵀ A` (`[l, m]`); 5. small dense SVD `B = Ũ Σ Vt`; 6. `U = Q Ũ`.
+/// For wide matrices the transpose is decomposed so the sketch lives in the short dimension.
+pub fn randomized_svd(a: &[f32], n: usize, m: usize, opts: RsvdOptions) -> Result<Svd, String> {
+    if n < m {
+        let at: Vec<f32> = (0..m).flat_map(|j| (0..n).map(move |i| (i, j))).map(|(i, j)| a[i * m + j]).collect();
+        let t = randomized_svd(&at, m, n, opts)?;
+        // Aᵀ = U S Vt  ⇒  A = V S Uᵀ.
+        let r = t.rank();
+        let u: Vec<f32> = (0..n).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| t.vt[j * n + i]).collect();
+        let vt: Vec<f32> = (0..r).flat_map(|j| (0..m).map(move |i| (i, j))).map(|(i, j)| t.u[i * r + j]).collect();
+        return Ok(Svd { n, m, u, s: t.s, vt });
+    }
+    let r_full = m; // n ≥ m
+    let l = opts.rank.unwrap_or(r_full).min(r_full);
+    let amat = from_row_major(a, n, m);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+    let omega = Mat::<f32>::from_fn(m, l, |_, _| StandardNormal.sample(&mut rng));
+    let mut q = orthonormalize(&(&amat * &omega), opts.block, opts.seed);
+    for it in 0..opts.power_iters {
+        let z = orthonormalize(&(amat.transpose() * &q), opts.block, opts.seed.wrapping_add(2 * it as u64 + 1));
+        q = orthonormalize(&(&amat * &z), opts.block, opts.seed.wrapping_add(2 * it as u64 + 2));
+    }
+    let b = q.transpose() * &amat; // [l, m]
+    let small = b.thin_svd().map_err(|e| format!("{e:?}"))?;
+    let u = &q * small.U(); // [n, l]
+    let s = small.S().column_vector();
+    let v = small.V(); // [m, l]
+    let mut out = Svd { n, m, u: to_row_major(u.as_ref()), s: (0..l).map(|i| s[i]).collect(), vt: vec![0.0; l * m] };
+    for i in 0..l {
+        for j in 0..m {
+            out.vt[i * m + j] = v[(j, i)];
+        }
+    }
+    sort_descending(&mut out);
+    if out.s.iter().chain(&out.u).chain(&out.vt).any(|x| !x.is_finite()) {
+        return Err("non-finite values in the factors".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `[n, m]` matrix with singular values `s` and random orthonormal factors.
+    pub(crate) fn with_spectrum(n: usize, m: usize, s: &[f32], seed: u64) -> Vec<f32> {
+        let r = n.min(m);
+        assert_eq!(s.len(), r);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let gu = Mat::<f32>::from_fn(n, r, |_, _| StandardNormal.sample(&mut rng));
+        let gv = Mat::<f32>::from_fn(m, r, |_, _| StandardNormal.sample(&mut rng));
+        let u = gu.qr().compute_thin_Q();
+        let v = gv.qr().compute_thin_Q();
+        let us = Mat::<f32>::from_fn(n, r, |i, j| u[(i, j)] * s[j]);
+        to_row_major((&us * v.transpose()).as_ref())
+    }
+
+    fn check_svd(a: &[f32], n: usize, m: usize, svd: &Svd, s_ref: &[f32], tol_s: f32) {
+        let r = svd.rank();
+        let smax = s_ref[0].max(f32::MIN_POSITIVE);
+        for (i, (&got, &want)) in svd.s.iter().zip(s_ref).enumerate() {
+            assert!((got - want).abs() <= tol_s * smax, "σ_{i}: {got} vs {want}");
+        }
+        let rec = svd.reconstruct();
+        let num: f64 = rec.iter().zip(a).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+        let den: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt().max(1e-30);
+        assert!(num / den <= 1e-5, "reconstruction error {}", num / den);
+        // Orthonormal columns of U and rows of Vt.
+        let u = from_row_major(&svd.u, n, r);
+        let vt = from_row_major(&svd.vt, r, m);
+        let eye_err = |g: Mat<f32>| (0..r).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| (g[(i, j)] - if i == j { 1.0 } else { 0.0 }).abs()).fold(0.0f32, f32::max);
+        assert!(eye_err(u.transpose() * &u) <= 1e-5, "UᵀU − I = {}", eye_err(u.transpose() * &u));
+        assert!(eye_err(&vt * vt.transpose()) <= 1e-5);
+    }
+
+    fn spectra(r: usize) -> Vec<(&'static str, Vec<f32>)> {
+        vec![
+            ("flat", vec![1.0; r]),
+            ("decaying", (0..r).map(|i| (-(i as f32) / 8.0).exp()).collect()),
+            ("clustered", (0..r).map(|i| if i < r / 2 { 2.0 + 1e-3 * (r / 2 - i) as f32 } else { 0.5 }).collect()),
+            ("rank-deficient", (0..r).map(|i| if i < r / 3 { 1.0 + (r - i) as f32 / r as f32 } else { 0.0 }).collect()),
+        ]
+    }
+
+    #[test]
+    fn exact_svd_recovers_known_spectra() {
+        for (n, m) in [(48, 48), (96, 32), (24, 72)] {
+            for (name, s) in spectra(n.min(m)) {
+                let a = with_spectrum(n, m, &s, 7);
+                let svd = thin_svd(&a, n, m).unwrap();
+                println!("exact {name} {n}×{m}");
+                check_svd(&a, n, m, &svd, &s, 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn randomized_full_split_recovers_known_spectra() {
+        for (n, m) in [(64, 64), (96, 40), (40, 96)] {
+            for (name, s) in spectra(n.min(m)) {
+                let a = with_spectrum(n, m, &s, 11);
+                let svd = randomized_svd(&a, n, m, RsvdOptions { block: 16, ..Default::default() }).unwrap();
+                assert_eq!(svd.rank(), n.min(m), "full split");
+                println!("randomized {name} {n}×{m}");
+                check_svd(&a, n, m, &svd, &s, 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn randomized_agrees_with_exact_on_singular_values() {
+        let (n, m) = (80, 56);
+        let s: Vec<f32> = (0..56).map(|i| 3.0 / (1.0 + i as f32)).collect();
+        let a = with_spectrum(n, m, &s, 3);
+        let e = thin_svd(&a, n, m).unwrap();
+        let r = randomized_svd(&a, n, m, RsvdOptions::default()).unwrap();
+        for (x, y) in e.s.iter().zip(&r.s) {
+            assert!((x - y).abs() <= 1e-4 * x.max(1e-3), "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn orthonormalize_completes_a_rank_deficient_basis() {
+        let n = 30;
+        // 10 columns spanning only 3 dimensions.
+        let base = Mat::<f32>::from_fn(n, 3, |i, j| ((i * 7 + j * 3) % 11) as f32 - 5.0);
+        let mix = Mat::<f32>::from_fn(3, 10, |i, j| ((i + 2 * j) % 5) as f32 - 2.0);
+        let y = &base * &mix;
+        let q = orthonormalize(&y, 4, 1);
+        let g = q.transpose() * &q;
+        for i in 0..10 {
+            for j in 0..10 {
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((g[(i, j)] - want).abs() < 1e-5, "QᵀQ[{i},{j}] = {}", g[(i, j)]);
+            }
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! The one error type of `sculpt-train`.
+
+use std::path::PathBuf;
+
+/// What can stop a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The run config is malformed.
+    #[error("{path}: {msg}")]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        msg: String,
+    },
+    /// A model could not be read or written.
+    #[error(transparent)]
+    Model(#[from] sculpt_models::ModelError),
+    /// OSFT could not be applied.
+    #[error(transparent)]
+    Osft(#[from] sculpt_osft::OsftError),
+    /// A dataset is bad.
+    #[error(transparent)]
+    Data(#[from] sculpt_data::DataError),
+    /// The loss or a gradient became NaN/∞.
+    #[error("task `{task}` step {step}: non-finite {what}")]
+    NonFinite {
+        /// Task name.
+        task: String,
+        /// Step within the task.
+        step: usize,
+        /// Which value.
+        what: String,
+    },
+    /// Writing run outputs failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, TrainError>;

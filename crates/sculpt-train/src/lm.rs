@@ -1,0 +1,102 @@
+//! The interface the training loop needs from a model: a loss on a padded batch, computed exactly
+//! as transformers computes it, plus named parameters.
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use sculpt_data::Batch;
+use sculpt_models::layers::NamedParams;
+use sculpt_models::llama::Llama;
+use sculpt_models::loss::{causal_lm_loss, seq2seq_loss, IGNORE_INDEX};
+use sculpt_models::t5::T5;
+
+/// A trainable language model.
+pub trait LanguageModel<B: AutodiffBackend>: AutodiffModule<B> + NamedParams<B> + Clone + Send {
+    /// Mean token cross-entropy of the batch (labels `-100` ignored).
+    fn loss(&self, batch: &Batch) -> Tensor<B, 1>;
+    /// `"llama"` or `"t5"`.
+    fn family(&self) -> &'static str;
+    /// Whether labels are aligned with inputs (decoder-only) rather than decoder targets.
+    fn decoder_only(&self) -> bool;
+    /// The padding id used when batching.
+    fn pad_id(&self) -> u32;
+    /// Vocabulary size.
+    fn vocab_size(&self) -> usize;
+    /// The device the parameters live on.
+    fn device(&self) -> B::Device;
+}
+
+fn int2<B: Backend>(rows: &[Vec<i64>], device: &B::Device) -> Tensor<B, 2, Int> {
+    let cols = rows.first().map_or(0, Vec::len);
+    Tensor::from_data(TensorData::new(rows.concat(), [rows.len(), cols]), device)
+}
+
+fn widen(rows: &[Vec<u32>]) -> Vec<Vec<i64>> {
+    rows.iter().map(|r| r.iter().map(|&x| x as i64).collect()).collect()
+}
+
+impl<B: AutodiffBackend> LanguageModel<B> for Llama<B> {
+    fn loss(&self, batch: &Batch) -> Tensor<B, 1> {
+        let device = self.model.embed_tokens.weight.device();
+        let ids = int2::<B>(&widen(&batch.input_ids), &device);
+        let mask = int2::<B>(&widen(&batch.attention_mask), &device);
+        let logits = self.forward(ids, Some(mask), None);
+        causal_lm_loss(logits, int2::<B>(&batch.labels, &device))
+    }
+    fn family(&self) -> &'static str {
+        "llama"
+    }
+    fn decoder_only(&self) -> bool {
+        true
+    }
+    fn pad_id(&self) -> u32 {
+        let c = self.config();
+        c.pad_token_id.or(c.eos_token_ids.first().copied()).unwrap_or(0)
+    }
+    fn vocab_size(&self) -> usize {
+        self.config().vocab_size
+    }
+    fn device(&self) -> B::Device {
+        self.model.embed_tokens.weight.device()
+    }
+}
+
+/// transformers' `_shift_right`: decoder inputs are the labels shifted right behind the start
+/// token, with ignored positions replaced by the pad id.
+pub fn shift_right(labels: &[Vec<i64>], start: u32, pad: u32) -> Vec<Vec<i64>> {
+    labels
+        .iter()
+        .map(|row| {
+            std::iter::once(start as i64)
+                .chain(row[..row.len().saturating_sub(1)].iter().map(|&x| if x == IGNORE_INDEX { pad as i64 } else { x }))
+                .collect()
+        })
+        .collect()
+}
+
+impl<B: AutodiffBackend> LanguageModel<B> for T5<B> {
+    fn loss(&self, batch: &Batch) -> Tensor<B, 1> {
+        let device = self.shared.weight.device();
+        let c = self.config();
+        let ids = int2::<B>(&widen(&batch.input_ids), &device);
+        let mask = int2::<B>(&widen(&batch.attention_mask), &device);
+        let dec = int2::<B>(&shift_right(&batch.labels, c.decoder_start_token_id, c.pad_token_id), &device);
+        let logits = self.forward(ids, Some(mask), dec);
+        seq2seq_loss(logits, int2::<B>(&batch.labels, &device))
+    }
+    fn family(&self) -> &'static str {
+        "t5"
+    }
+    fn decoder_only(&self) -> bool {
+        false
+    }
+    fn pad_id(&self) -> u32 {
+        self.config().pad_token_id
+    }
+    fn vocab_size(&self) -> usize {
+        self.config().vocab_size
+    }
+    fn device(&self) -> B::Device {
+        self.shared.weight.device()
+    }
+}

@@ -1,0 +1,103 @@
+//! One training step, top to bottom: forward → loss → backward → project the low-factor
+//! gradients → clip → optimizer step → project the low factors → report. This is the only place
+//! where gradients are changed.
+
+use burn::module::ParamId;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ElementConversion;
+use sculpt_data::Batch;
+use sculpt_osft::Osft;
+
+use crate::error::{Result, TrainError};
+use crate::lm::LanguageModel;
+use crate::optim::TaskOptimizer;
+
+/// What a step reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Loss before the update.
+    pub loss: f64,
+    /// Global gradient norm after projection, before clipping.
+    pub grad_norm: f64,
+}
+
+/// Everything fixed for the steps of one task.
+pub struct StepContext<'a, B: AutodiffBackend> {
+    /// OSFT state (none for plain fine-tuning).
+    pub osft: Option<&'a Osft<B>>,
+    /// Every trainable parameter as `(id, rank)`.
+    pub trainable: &'a [(ParamId, usize)],
+    /// Learning rate.
+    pub lr: f64,
+    /// Global-norm clip, 0 = off.
+    pub max_grad_norm: f64,
+    /// Task name (for errors).
+    pub task: &'a str,
+}
+
+fn squared_norm<B: AutodiffBackend>(grads: &GradientsParams, id: ParamId, rank: usize) -> f64 {
+    let sq = match rank {
+        1 => grads.get::<B::InnerBackend, 1>(id).map(|g| g.square().sum().into_scalar().elem::<f64>()),
+        2 => grads.get::<B::InnerBackend, 2>(id).map(|g| g.square().sum().into_scalar().elem::<f64>()),
+        r => panic!("parameters of rank {r} are not expected"),
+    };
+    sq.unwrap_or(0.0)
+}
+
+fn scale<B: AutodiffBackend>(grads: &mut GradientsParams, id: ParamId, rank: usize, factor: f64) {
+    match rank {
+        1 => {
+            if let Some(g) = grads.remove::<B::InnerBackend, 1>(id) {
+                grads.register(id, g * factor);
+            }
+        }
+        _ => {
+            if let Some(g) = grads.remove::<B::InnerBackend, 2>(id) {
+                grads.register(id, g * factor);
+            }
+        }
+    }
+}
+
+/// One optimizer step on `batch`.
+pub fn train_step<B: AutodiffBackend, M: LanguageModel<B>>(
+    model: M,
+    batch: &Batch,
+    opt: &mut TaskOptimizer<M, B>,
+    cx: &StepContext<'_, B>,
+    step: usize,
+) -> Result<(M, StepStats)> {
+    // forward → loss
+    let loss = model.loss(batch);
+    let loss_value = loss.clone().into_scalar().elem::<f64>();
+    if !loss_value.is_finite() {
+        return Err(TrainError::NonFinite { task: cx.task.into(), step, what: format!("loss ({loss_value})") });
+    }
+    // backward
+    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+    // project: dU ← dU − U_h(U_hᵀ dU), dVt ← dVt − (dVt Vt_hᵀ) Vt_h
+    if let Some(osft) = cx.osft {
+        osft.project_grads(&mut grads);
+    }
+    // clip the global norm (PyTorch's clip_grad_norm_ rule)
+    let norm = cx.trainable.iter().map(|&(id, r)| squared_norm::<B>(&grads, id, r)).sum::<f64>().sqrt();
+    if !norm.is_finite() {
+        return Err(TrainError::NonFinite { task: cx.task.into(), step, what: format!("gradient norm ({norm})") });
+    }
+    if cx.max_grad_norm > 0.0 {
+        let coef = cx.max_grad_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            for &(id, r) in cx.trainable {
+                scale::<B>(&mut grads, id, r, coef);
+            }
+        }
+    }
+    // optimizer step
+    let mut model = opt.step(cx.lr, model, grads, cx.trainable);
+    // project the low factors: U_l ← U_l − U_h(U_hᵀ U_l), Vt_l ← Vt_l − (Vt_l Vt_hᵀ) Vt_h
+    if let Some(osft) = cx.osft {
+        osft.project_params(&mut model);
+    }
+    Ok((model, StepStats { loss: loss_value, grad_norm: norm }))
+}

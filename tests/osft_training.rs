@@ -1,0 +1,170 @@
+//! OSFT end to end on tiny models: parity with PEFT's independent `OSFConfig` implementation,
+//! and the invariants that make it OSFT (orthogonality kept under AdamW, frozen part untouched,
+//! model unchanged at step 0).
+//!
+//! Fixtures: `tests/fixtures/osft/*`, made by
+//! `nice -n 10 /work/pyref/venv/bin/python tests/fixtures/make_osft_fixtures.py`
+//! (torch 2.15, transformers 4.57.6, peft 0.18.1): effective_rank 0.5, default targets,
+//! 3 full-batch SGD steps at lr 0.5, everything but the low factors frozen.
+
+use std::collections::BTreeSet;
+
+use burn::backend::{Autodiff, Flex};
+use sculpt::{max_rel_diff, read_reference, repo_root, tiny_fixture};
+use sculpt_data::Batch;
+use sculpt_models::layers::{to_host, NamedParams};
+use sculpt_models::{Model, Pretrained};
+use sculpt_osft::{merge, Osft, OsftConfig};
+use sculpt_train::config::{OptimizerKind, TrainSection};
+use sculpt_train::lm::LanguageModel;
+use sculpt_train::optim::TaskOptimizer;
+use sculpt_train::step::{train_step, StepContext};
+
+type Ad = Autodiff<Flex>;
+
+fn batch_of(name: &str) -> Batch {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("tests/fixtures/osft").join(name).join("batch.json")).unwrap()).unwrap();
+    let rows = |k: &str| -> Vec<Vec<i64>> {
+        v[k].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()).collect()
+    };
+    let input_ids: Vec<Vec<u32>> = rows("input_ids").into_iter().map(|r| r.into_iter().map(|x| x as u32).collect()).collect();
+    let attention_mask = input_ids.iter().map(|r| vec![1; r.len()]).collect();
+    Batch { input_ids, attention_mask, labels: rows("labels") }
+}
+
+/// Train `steps` steps on one batch; returns the losses and the OSFT state.
+fn run<M: LanguageModel<Ad>>(model: M, batch: &Batch, train: &TrainSection, steps: usize) -> (M, Osft<Ad>, Vec<f64>) {
+    let family = model.family();
+    let (mut model, osft) = Osft::attach(model, &OsftConfig::default(), family, None).unwrap();
+    let trainable = osft.low_param_ids();
+    let decayed: BTreeSet<_> = trainable.iter().map(|(id, _)| *id).collect();
+    let mut opt = TaskOptimizer::<M, Ad>::new(train, decayed);
+    let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "t" };
+    let mut losses = vec![];
+    for step in 0..steps {
+        let (m, s) = train_step(model, batch, &mut opt, &cx, step).unwrap();
+        model = m;
+        losses.push(s.loss);
+    }
+    (model, osft, losses)
+}
+
+fn sgd() -> TrainSection {
+    TrainSection { optimizer: OptimizerKind::Sgd, lr: 0.5, max_grad_norm: 0.0, ..Default::default() }
+}
+
+#[test]
+fn three_sgd_steps_match_peft_osf() {
+    let device = Default::default();
+    for name in ["llama-gqa-untied-tiny", "t5-v1_1-tiny"] {
+        let dir = repo_root().join("tests/fixtures/osft").join(name);
+        let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+        let reference = read_reference(&dir.join("merged.safetensors"));
+        let pre = Pretrained::<Ad>::load(&tiny_fixture(name), &device).unwrap();
+        let batch = batch_of(name);
+        let (ranks, losses, merged) = match pre.model {
+            Model::Llama(m) => {
+                let (mut m, o, l) = run(m, &batch, &sgd(), 3);
+                merge(&mut m);
+                (o.resolved(), l, m.export())
+            }
+            Model::T5(m) => {
+                let (mut m, o, l) = run(m, &batch, &sgd(), 3);
+                merge(&mut m);
+                (o.resolved(), l, m.export())
+            }
+        };
+        // Same targets and ranks as PEFT.
+        let peft_targets: BTreeSet<String> = meta["targets"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
+        let ours: BTreeSet<String> = ranks.iter().map(|r| r.name.clone()).collect();
+        assert_eq!(ours, peft_targets, "{name}: targets");
+        for r in &ranks {
+            assert_eq!(r.k as u64, meta["resolved_k"][&r.name].as_u64().unwrap(), "{name}: k of {}", r.name);
+        }
+        // Same losses before each step.
+        for (i, (got, want)) in losses.iter().zip(meta["losses"].as_array().unwrap()).enumerate() {
+            let want = want.as_f64().unwrap();
+            assert!((got - want).abs() <= 1e-5 * want.abs(), "{name}: loss before step {i}: {got} vs {want}");
+        }
+        // Same merged weights.
+        assert_eq!(merged.tensors.keys().collect::<Vec<_>>(), reference.keys().collect::<Vec<_>>(), "{name}: tensor names");
+        let mut worst = (0.0f32, String::new());
+        for (tname, t) in &merged.tensors {
+            let d = max_rel_diff(&t.data, &reference[tname].f32());
+            if d > worst.0 {
+                worst = (d, tname.clone());
+            }
+            assert!(d <= 1e-4, "{name}: merged {tname} differs from PEFT by {d} (relative)");
+        }
+        println!("{name}: losses {losses:?}; worst merged-weight difference {:.1e} ({})", worst.0, worst.1);
+    }
+}
+
+#[test]
+fn adamw_keeps_the_low_factors_orthogonal_and_the_frozen_part_fixed() {
+    let device = Default::default();
+    let name = "llama-gqa-untied-tiny";
+    let pre = Pretrained::<Ad>::load(&tiny_fixture(name), &device).unwrap();
+    let Model::Llama(base) = pre.model else { unreachable!() };
+    let batch = batch_of(name);
+    let before = to_host(LanguageModel::<Ad>::loss(&base, &batch)).data[0];
+    let logits_before = to_host(base.forward(sculpt_models::layers::ids_tensor(&batch.input_ids, &device), None, None));
+    let family = base.family();
+    let (attached, osft) = Osft::attach(base, &OsftConfig::default(), family, None).unwrap();
+    // Step 0: the decomposed model computes the same function.
+    let logits_after = to_host(attached.forward(sculpt_models::layers::ids_tensor(&batch.input_ids, &device), None, None));
+    assert!(sculpt::max_abs_diff(&logits_after.data, &logits_before.data) <= 1e-5, "output changed at step 0");
+    let frozen_before = attached.export();
+    let bases_before: Vec<_> = osft.resolved().iter().map(|r| osft.frozen_bases(&r.name).unwrap()).collect();
+
+    // 100 AdamW steps at PEFT's leak-test setting (lr 1e-2): PEFT leaks ‖U_hᵀU_l‖_F ≈ 0.76 here
+    // (tests/fixtures/osft/adamw_leak.json); form (C) with post-step projection must not.
+    let train = TrainSection { lr: 1e-2, max_grad_norm: 0.0, weight_decay: 0.01, ..Default::default() };
+    let trainable = osft.low_param_ids();
+    let decayed: BTreeSet<_> = trainable.iter().map(|(id, _)| *id).collect();
+    let mut opt = TaskOptimizer::<_, Ad>::new(&train, decayed);
+    let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: 0.0, task: "t" };
+    let mut model = attached;
+    let mut last = 0.0;
+    for step in 0..100 {
+        let (m, s) = train_step(model, &batch, &mut opt, &cx, step).unwrap();
+        model = m;
+        last = s.loss;
+    }
+    assert!(last < before as f64 * 0.5, "training did not learn: {before} → {last}");
+    let (lu, lv) = osft.leakage(&mut model);
+    println!("after 100 AdamW steps: loss {before:.3} → {last:.3}; max|U_hᵀU_l| = {lu:.1e}, max|Vt_l Vt_hᵀ| = {lv:.1e}");
+    assert!(lu <= 1e-5 && lv <= 1e-5, "low factors leaked into the frozen subspace: {lu}, {lv}");
+    // Every frozen tensor (W_high of the targets, embeddings, norms, head) is bit-identical.
+    assert_eq!(model.export().tensors, frozen_before.tensors, "a frozen parameter changed");
+    let bases_after: Vec<_> = osft.resolved().iter().map(|r| osft.frozen_bases(&r.name).unwrap()).collect();
+    assert_eq!(bases_after, bases_before);
+    // And the weight change is confined to the low–low block: U_hᵀ ΔW = 0 and ΔW V_h = 0.
+    let mut merged = model.clone();
+    merge(&mut merged);
+    let after = merged.export();
+    let original = Pretrained::<Flex>::load(&tiny_fixture(name), &Default::default()).unwrap().model.export();
+    for r in osft.resolved() {
+        let (uh, vth) = osft.frozen_bases(&r.name).unwrap();
+        let key = format!("{}.weight", r.name);
+        // ΔW = merged − original.
+        let (w, w0) = (&after.tensors[&key], &original.tensors[&key]);
+        let (n, m, k) = (r.n, r.m, r.k);
+        let mut max_u = 0.0f32;
+        for a in 0..k {
+            for j in 0..m {
+                let s: f32 = (0..n).map(|i| uh[i * k + a] * (w.data[i * m + j] - w0.data[i * m + j])).sum();
+                max_u = max_u.max(s.abs());
+            }
+        }
+        let mut max_v = 0.0f32;
+        for i in 0..n {
+            for a in 0..k {
+                let s: f32 = (0..m).map(|j| (w.data[i * m + j] - w0.data[i * m + j]) * vth[a * m + j]).sum();
+                max_v = max_v.max(s.abs());
+            }
+        }
+        assert!(max_u <= 1e-4 && max_v <= 1e-4, "{}: update leaves the low–low block: {max_u}, {max_v}", r.name);
+    }
+}
