@@ -35,6 +35,13 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         max_new_tokens: usize,
     },
+    /// Train a model on a stream of tasks (see `configs/`) and write the merged model as a
+    /// Hugging Face folder under the run's output.
+    Train {
+        /// Run config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Load a model (folder or .gguf) and write it as a Hugging Face folder.
     Convert {
         /// Source folder or .gguf file.
@@ -96,6 +103,15 @@ fn run_on<B: burn::tensor::backend::Backend>(command: Command, device: &B::Devic
             let secs = t1.elapsed().as_secs_f32();
             tracing::info!(tokens = ids.len(), secs, tok_per_s = ids.len() as f32 / secs.max(1e-9), "generated");
             println!("{text}");
+            Ok(())
+        }
+        Command::Train { config } => {
+            let cfg = sculpt_train::RunConfig::load(&config)?;
+            let summary = sculpt_train::train::<burn::backend::Autodiff<B>>(&cfg, device)?;
+            for t in &summary.tasks {
+                println!("task {:<16} steps {:>5}  loss {:.4} → {:.4}", t.name, t.steps, t.first_loss, t.last_loss);
+            }
+            println!("model written to {}", summary.model_dir.display());
             Ok(())
         }
         Command::Convert { model, out, dtype } => {

@@ -79,3 +79,79 @@ fn smollm2_generate_matches_transformers_when_present() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{}\n", case["new_text"].as_str().unwrap()));
 }
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A run config over the tiny LLaMA and the two toy tasks in `configs/data`, writing to `out`.
+fn run_config(out: &std::path::Path, method: &str, extra: &str) -> PathBuf {
+    let text = format!(
+        "model = {:?}\noutput = {:?}\nmethod = \"{method}\"\n[train]\nbatch_size = 8\nepochs = 1\nlr = 1e-2\n{extra}\n\
+         [[tasks]]\nname = \"count\"\ndata = {:?}\n[[tasks]]\nname = \"mirror\"\ndata = {:?}\nformat = \"pretokenized\"\n",
+        fixture("llama-gqa-untied-tiny"),
+        out.join("run"),
+        repo().join("configs/data/count.jsonl"),
+        repo().join("configs/data/mirror.jsonl"),
+    );
+    let path = out.join("run.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn train_writes_model_metrics_and_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = run_config(dir.path(), "osft", "[osft]\nrank_overrides = [{ pattern = 'mlp\\.down_proj$', rule = \"unfreeze\", fraction = 0.25 }]\n");
+    let out = sculpt().args(["train", "--config"]).arg(&cfg).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = dir.path().join("run");
+    // 32 examples per task, batch 8, one epoch: 4 steps per task, one metrics line each.
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 8);
+    assert_eq!(lines[4]["task"], "mirror");
+    assert!(lines.iter().all(|l| l["loss"].as_f64().unwrap().is_finite()));
+    // Resolved ranks: default preserve 0.5 (k = 16 of R = 32 for 32×32 and 64×32; 8 of 16 for k/v),
+    // the override unfreezes a quarter of down_proj (R = 32 → k = 24).
+    let ranks: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("osft_ranks.json")).unwrap()).unwrap();
+    for t in ranks[0]["ranks"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        let want = if name.ends_with("down_proj") {
+            24
+        } else if name.ends_with("k_proj") || name.ends_with("v_proj") {
+            8
+        } else {
+            16
+        };
+        assert_eq!(t["k"], want, "{name}");
+    }
+    assert_eq!(ranks[0]["ranks"].as_array().unwrap().len(), 14);
+    let leak = ranks[1]["leakage"].as_array().unwrap();
+    assert!(leak.iter().all(|x| x.as_f64().unwrap() < 1e-5), "{leak:?}");
+    // The merged model is a loadable Hugging Face folder that differs from the base.
+    let gen = sculpt().args(["generate", "--model"]).arg(run.join("model")).args(["--prompt", "hello", "--max-new-tokens", "3"]).output().unwrap();
+    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+    assert!(run.join("run_config.toml").is_file());
+}
+
+#[test]
+fn bad_run_configs_and_data_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = run_config(dir.path(), "osft", "warmup = 3\n");
+    let out = sculpt().args(["train", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("run.toml") && err.contains("warmup"), "{err}");
+
+    let bad_data = dir.path().join("bad.jsonl");
+    std::fs::write(&bad_data, "{\"input_ids\": [5, 6, 7]}\n{\"input_ids\": [5, 9999]}\n").unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("warmup = 3\n", "").replace(
+        &format!("{:?}", repo().join("configs/data/count.jsonl")),
+        &format!("{bad_data:?}"),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let out = sculpt().args(["train", "--config"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("bad.jsonl:2") && err.contains("9999"), "{err}");
+}

@@ -99,9 +99,9 @@ impl RankRule {
     }
 }
 
-/// A per-module override: modules whose name matches `pattern` use `rule`.
+/// A per-module override: modules whose name matches `pattern` use `rule`. (Unknown keys are
+/// rejected by the flattened rule, which sees every key but `pattern`.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RankOverride {
     /// Regex searched in the module name (e.g. `mlp\.down_proj`).
     pub pattern: String,

@@ -215,6 +215,16 @@ mod tests {
     const MIN: &str = "model = \"m\"\noutput = \"out\"\n[[tasks]]\nname = \"a\"\ndata = \"a.jsonl\"\n";
 
     #[test]
+    fn rank_overrides_parse() {
+        let c = RunConfig::from_toml(
+            Path::new("r.toml"),
+            &format!("{MIN}[osft]\nrank_overrides = [{{ pattern = 'mlp', rule = \"unfreeze\", fraction = 0.25 }}]\n"),
+        )
+        .unwrap();
+        assert_eq!(c.osft.rank_overrides[0].rule, sculpt_osft::RankRule::Unfreeze { fraction: 0.25 });
+    }
+
+    #[test]
     fn defaults_and_relative_paths() {
         let c = RunConfig::from_toml(Path::new("/cfg/run.toml"), MIN).unwrap();
         assert_eq!(c.model, PathBuf::from("/cfg/m"));
@@ -230,6 +240,7 @@ mod tests {
             (format!("{MIN}[train]\nlearning_rate = 1.0\n"), "learning_rate"),
             (format!("{MIN}[train]\nlr = -1.0\n"), "train.lr"),
             (format!("{MIN}[osft]\nrank = {{ rule = \"preserve\", fraction = 2.0 }}\n"), "osft.rank"),
+            (format!("{MIN}[osft]\nrank_overrides = [{{ pattern = \"q\", rule = \"unfreeze\", fractoin = 0.2 }}]\n"), "fractoin"),
             (format!("{MIN}method = \"magic\"\n"), "method"),
             ("model = \"m\"\noutput = \"o\"\ntasks = []\n".to_string(), "tasks"),
             (format!("{MIN}[[tasks]]\nname = \"a\"\ndata = \"b\"\n"), "duplicate"),
