@@ -168,3 +168,82 @@ fn adamw_keeps_the_low_factors_orthogonal_and_the_frozen_part_fixed() {
         assert!(max_u <= 1e-4 && max_v <= 1e-4, "{}: update leaves the low–low block: {max_u}, {max_v}", r.name);
     }
 }
+
+#[test]
+fn layer_importance_is_the_masked_mean_cosine_of_each_layer_input_and_output() {
+    use sculpt_osft::importance::{measure, CalibrationMask, NonSquare};
+    use sculpt_osft::targets::TargetSet;
+    let device = Default::default();
+    let pre = Pretrained::<Flex>::load(&tiny_fixture("llama-gqa-untied-tiny"), &device).unwrap();
+    let Model::Llama(mut m) = pre.model else { unreachable!() };
+    // Two rows, the second padded after 3 tokens.
+    let ids: Vec<Vec<u32>> = vec![vec![5, 17, 42, 99, 7], vec![11, 23, 8, 0, 0]];
+    let mask: Vec<Vec<i64>> = vec![vec![1, 1, 1, 1, 1], vec![1, 1, 1, 0, 0]];
+    let targets = TargetSet::new(&[r"layers\.0\.self_attn\.(q|k)_proj$".to_string()]).unwrap();
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(CalibrationMask::default()));
+    let mask_t = burn::tensor::Tensor::<Flex, 2, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(mask.concat(), [2, 5]), &device);
+    slot.lock().unwrap().mask = mask.concat().iter().map(|&x| x as f32).collect();
+    let got = measure(&mut m, &targets, NonSquare::Truncate, 1, slot, |m, _| {
+        let _ = m.hidden_states(sculpt_models::layers::ids_tensor(&ids, &device), Some(mask_t.clone()), None);
+    });
+    // Independent computation: the input of layer 0's q/k projections is input_layernorm(embed(ids)).
+    let x = to_host(m.model.layers[0].input_layernorm.forward(m.model.embed_tokens.forward(sculpt_models::layers::ids_tensor(&ids, &device))));
+    let d = x.shape[2];
+    for (name, lin) in [("q_proj", &m.model.layers[0].self_attn.q_proj), ("k_proj", &m.model.layers[0].self_attn.k_proj)] {
+        let w = to_host(lin.weight.val());
+        let (n, mm) = (w.shape[0], w.shape[1]);
+        let r = n.min(mm);
+        let (mut sum, mut count) = (0.0f64, 0.0f64);
+        for (row, mrow) in mask.iter().enumerate() {
+            for (t, &keep) in mrow.iter().enumerate() {
+                if keep == 0 {
+                    continue;
+                }
+                let xi = &x.data[(row * 5 + t) * d..(row * 5 + t + 1) * d];
+                let yi: Vec<f64> = (0..n).map(|o| (0..mm).map(|j| w.data[o * mm + j] as f64 * xi[j] as f64).sum()).collect();
+                let dot: f64 = (0..r).map(|c| xi[c] as f64 * yi[c]).sum();
+                let nx: f64 = (0..r).map(|c| (xi[c] as f64).powi(2)).sum::<f64>().sqrt();
+                let ny: f64 = (0..r).map(|c| yi[c].powi(2)).sum::<f64>().sqrt();
+                sum += dot / (nx * ny);
+                count += 1.0;
+            }
+        }
+        let want = sum / count;
+        let key = format!("model.layers.0.self_attn.{name}");
+        assert!((got[&key] - want).abs() < 1e-5, "{key}: {} vs {want}", got[&key]);
+    }
+}
+
+#[test]
+fn the_adaptive_rule_spreads_ranks_around_the_target_ratio() {
+    use sculpt_osft::RankRule;
+    let device = Default::default();
+    let pre = Pretrained::<Ad>::load(&tiny_fixture("llama-gqa-untied-tiny"), &device).unwrap();
+    let Model::Llama(m) = pre.model else { unreachable!() };
+    let imp: std::collections::BTreeMap<String, f64> = {
+        // A spread of normalised importances with mean 1.
+        let names: Vec<String> = (0..2)
+            .flat_map(|l| {
+                ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+                    .map(|p| format!("model.layers.{l}.{p}"))
+            })
+            .collect();
+        let raw: Vec<f64> = (0..names.len()).map(|i| 0.5 + i as f64 / names.len() as f64).collect();
+        names.into_iter().zip(sculpt_osft::rank::normalize_importance(&raw)).collect()
+    };
+    let cfg = OsftConfig { rank: RankRule::Adaptive { mrr: 0.1, trr: 0.8 }, ..Default::default() };
+    let (_, osft) = Osft::attach(m, &cfg, "llama", Some(&imp)).unwrap();
+    for r in osft.resolved() {
+        let i = imp[&r.name];
+        let want = ((0.1 + i * 0.7) * r.n.min(r.m) as f64).floor() as usize;
+        assert_eq!(r.k, want.clamp(1, r.n.min(r.m) - 1), "{}", r.name);
+        assert_eq!(r.importance, Some(i));
+    }
+    let ks: BTreeSet<usize> = osft.resolved().iter().map(|r| r.k).collect();
+    assert!(ks.len() > 3, "ranks should differ between layers: {ks:?}");
+    // Missing importances are an error, not a silent default.
+    let pre = Pretrained::<Ad>::load(&tiny_fixture("llama-gqa-untied-tiny"), &device).unwrap();
+    let Model::Llama(m) = pre.model else { unreachable!() };
+    let err = Osft::attach(m, &cfg, "llama", None).err().expect("must fail").to_string();
+    assert!(err.contains("importance"), "{err}");
+}

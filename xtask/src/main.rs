@@ -87,7 +87,9 @@ fn fetch_smollm2() -> Result<PathBuf, String> {
 fn bench(which: &str, rest: &[String]) -> Result<(), String> {
     match which {
         "forward" => bench_forward(rest),
-        other => Err(format!("unknown bench {other:?}; available: forward")),
+        "svd" => bench_svd(rest),
+        "all" => bench_forward(rest).and_then(|_| bench_svd(rest)),
+        other => Err(format!("unknown bench {other:?}; available: forward, svd, all")),
     }
 }
 
@@ -136,6 +138,63 @@ fn bench_forward(rest: &[String]) -> Result<(), String> {
             String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
         ),
         Err(e) => println!("pytorch reference skipped: {}: {e}", python()),
+    }
+    Ok(())
+}
+
+/// Run one of the root package's benches in the dev profile (dependencies at opt-level 3) and
+/// return its stdout JSON lines.
+fn cargo_bench(name: &str, args: &[&std::ffi::OsStr], threads: &str) -> Result<Vec<String>, String> {
+    let out = Command::new("cargo")
+        .current_dir(root())
+        .args(["bench", "-q", "--profile", "dev", "-p", "sculpt", "--bench", name, "--"])
+        .args(args)
+        .env("RAYON_NUM_THREADS", threads)
+        .output()
+        .map_err(|e| format!("cargo bench: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("cargo bench {name} failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with('{')).map(str::to_string).collect())
+}
+
+/// Run a Python reference script; `None` (with a message) when Python/torch is unavailable.
+fn python_reference(script: &str, args: &[&std::ffi::OsStr]) -> Option<String> {
+    match Command::new(python()).current_dir(root()).arg(script).args(args).output() {
+        Ok(o) if o.status.success() => last_json_line(&o.stdout),
+        Ok(o) => {
+            println!(
+                "pytorch reference skipped: {} failed (set SCULPT_PYTHON to a Python with torch + transformers + gguf): {}",
+                python(),
+                String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
+            );
+            None
+        }
+        Err(e) => {
+            println!("pytorch reference skipped: {}: {e}", python());
+            None
+        }
+    }
+}
+
+fn bench_svd(rest: &[String]) -> Result<(), String> {
+    let gguf = fetch_smollm2()?;
+    let threads = flag(rest, "--threads", &std::thread::available_parallelism().map_or(1, |n| n.get()).to_string());
+    let lines = cargo_bench("decompose", &["--model".as_ref(), gguf.as_os_str()], &threads)?;
+    for l in &lines {
+        println!("{l}");
+    }
+    let Some(torch) = python_reference("benches/torch_svd.py", &["--gguf".as_ref(), gguf.as_os_str(), "--threads".as_ref(), threads.as_ref()]) else {
+        return Ok(());
+    };
+    println!("{torch}");
+    let t = number(&torch, "secs").ok_or("torch line has no secs")?;
+    for l in &lines {
+        if let (Some(secs), Some(start)) = (number(l, "secs"), l.find("\"impl\":\"")) {
+            let name = &l[start + 8..];
+            let name = &name[..name.find('"').unwrap_or(name.len())];
+            println!("decompose 210 SmolLM2 targets, {threads} threads: {name} {secs:.2} s vs torch.linalg.svd {t:.2} s = {:.2}× faster", t / secs);
+        }
     }
     Ok(())
 }

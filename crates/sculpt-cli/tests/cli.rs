@@ -155,3 +155,19 @@ fn bad_run_configs_and_data_name_the_problem() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("bad.jsonl:2") && err.contains("9999"), "{err}");
 }
+
+#[test]
+fn train_with_the_adaptive_rule_records_importance_and_calibration() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = run_config(dir.path(), "osft", "[osft]\nrank = { rule = \"adaptive\", mrr = 0.1, trr = 0.8 }\ncalibration = { examples = 16 }\n");
+    let out = sculpt().args(["train", "--config"]).arg(&cfg).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ranks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/osft_ranks.json")).unwrap()).unwrap();
+    // Task 1 calibrates on its own data, task 2 on task 1's (the paper's rule).
+    assert!(ranks[0]["calibration"].as_str().unwrap().contains("task `count`"));
+    assert!(ranks[1]["calibration"].as_str().unwrap().contains("task `count`"));
+    let imps: Vec<f64> = ranks[1]["ranks"].as_array().unwrap().iter().map(|t| t["importance"].as_f64().unwrap()).collect();
+    let mean = imps.iter().sum::<f64>() / imps.len() as f64;
+    assert!((mean - 1.0).abs() < 1e-9, "normalised importances average 1, got {mean}");
+}

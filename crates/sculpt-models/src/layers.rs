@@ -63,6 +63,38 @@ impl<B: Backend> LowRank<B> {
     }
 }
 
+/// An observer of a linear layer's input `[tokens, in]`, called during every forward pass while
+/// set — the hook calibration passes (e.g. OSFT's layer importance) use. Not part of the model's
+/// parameters or checkpoint.
+///
+/// Stored type-erased (burn's derive treats any field generic over the backend as a sub-module),
+/// and recovered for the backend of the tensors at call time.
+#[derive(Clone, Default)]
+pub struct InputProbe(Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>);
+
+/// The callback type held by an [`InputProbe`] for backend `B`.
+pub type ProbeFn<B> = Box<dyn Fn(Tensor<B, 2>) + Send + Sync>;
+
+impl InputProbe {
+    /// No observer.
+    pub fn none() -> Self {
+        InputProbe(None)
+    }
+    /// Observe inputs on backend `B` with `f`.
+    pub fn new<B: Backend>(f: ProbeFn<B>) -> Self {
+        InputProbe(Some(std::sync::Arc::new(f)))
+    }
+    fn get<B: Backend>(&self) -> Option<&ProbeFn<B>> {
+        self.0.as_ref().and_then(|a| a.downcast_ref::<ProbeFn<B>>())
+    }
+}
+
+impl std::fmt::Debug for InputProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "InputProbe(set)" } else { "InputProbe(none)" })
+    }
+}
+
 /// `y = x Wᵀ + ((x Vtᵀ) ⊙ s) Uᵀ + b` with `W: [out, in]` (Hugging Face layout) and an optional
 /// low-rank term.
 #[derive(Module, Debug)]
@@ -73,6 +105,9 @@ pub struct Linear<B: Backend> {
     pub bias: Option<Param<Tensor<B, 1>>>,
     /// A low-rank term added to `weight` (not part of the checkpoint; merge it before saving).
     pub delta: Option<LowRank<B>>,
+    /// Input observer (calibration only).
+    #[module(skip)]
+    pub probe: InputProbe,
 }
 
 impl<B: Backend> Linear<B> {
@@ -80,7 +115,7 @@ impl<B: Backend> Linear<B> {
     pub fn load(map: &mut TensorMap, prefix: &str, d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Result<Self> {
         let weight = load_param(map, &format!("{prefix}.weight"), [d_out, d_in], device)?;
         let bias = if bias { Some(load_param(map, &format!("{prefix}.bias"), [d_out], device)?) } else { None };
-        Ok(Linear { weight, bias, delta: None })
+        Ok(Linear { weight, bias, delta: None, probe: InputProbe::none() })
     }
 
     /// The effective dense weight `W + U diag(s) Vt`, `[out, in]`.
@@ -106,6 +141,9 @@ impl<B: Backend> Linear<B> {
         let w = self.weight.val();
         let d_out = w.dims()[0];
         let x = x.reshape([b * s, d_in]);
+        if let Some(probe) = self.probe.get::<B>() {
+            probe(x.clone());
+        }
         let mut y = x.clone().matmul(w.transpose());
         if let Some(d) = &self.delta {
             // ((x Vtᵀ) ⊙ s) Uᵀ: r(in + out) multiply-adds per token, never the dense product.

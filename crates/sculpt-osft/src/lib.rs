@@ -5,6 +5,7 @@
 //! optimizer step **and** the low factors projected after it.
 
 pub mod error;
+pub mod importance;
 pub mod osft;
 pub mod project;
 pub mod rank;
@@ -12,5 +13,5 @@ pub mod svd;
 pub mod targets;
 
 pub use error::{OsftError, Result};
-pub use osft::{merge, Osft, OsftConfig, ResolvedTarget, SvdMethod};
+pub use osft::{decompose_all, merge, CalibrationConfig, CalibrationSource, Osft, OsftConfig, ResolvedTarget, SvdMethod};
 pub use rank::{RankOverride, RankRule};

@@ -28,9 +28,13 @@ use crate::targets::{default_targets, TargetSet};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case", tag = "method", deny_unknown_fields)]
 pub enum SvdMethod {
-    /// Exact thin SVD (faer) on the host.
-    #[default]
+    /// Exact thin SVD (faer, fp32) on the host.
     Exact,
+    /// Exact thin SVD computed in f64 on the host.
+    ExactF64,
+    /// Symmetric eigendecomposition of the Gram matrix in f64 on the host (the fast CPU path).
+    #[default]
+    Gram,
     /// Blocked randomized SVD with a full-width sketch.
     Randomized {
         /// Power iterations.
@@ -68,11 +72,57 @@ pub struct OsftConfig {
     /// Also train embeddings, heads and norms (unprojected), as mini_trainer does. Off by default (PEFT).
     #[serde(default)]
     pub train_non_targets: bool,
+    /// Calibration for the adaptive rank rule.
+    #[serde(default)]
+    pub calibration: CalibrationConfig,
+}
+
+/// Which data the adaptive rule's importance is measured on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CalibrationSource {
+    /// The previous task's training data (the paper); the first task uses its own data.
+    #[default]
+    Previous,
+    /// The current task's training data.
+    Current,
+}
+
+/// `[osft.calibration]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationConfig {
+    /// Number of calibration examples (the authors' draft uses 128).
+    #[serde(default = "d_examples")]
+    pub examples: usize,
+    /// Where they come from.
+    #[serde(default)]
+    pub source: CalibrationSource,
+    /// How non-square layers are compared.
+    #[serde(default)]
+    pub non_square: crate::importance::NonSquare,
+}
+
+fn d_examples() -> usize {
+    128
+}
+
+impl Default for CalibrationConfig {
+    fn default() -> Self {
+        CalibrationConfig { examples: d_examples(), source: CalibrationSource::Previous, non_square: Default::default() }
+    }
 }
 
 impl Default for OsftConfig {
     fn default() -> Self {
-        OsftConfig { targets: None, rank: RankRule::default(), rank_overrides: vec![], svd: SvdMethod::Exact, train_non_targets: false }
+        OsftConfig {
+            targets: None,
+            rank: RankRule::default(),
+            rank_overrides: vec![],
+            svd: SvdMethod::default(),
+            train_non_targets: false,
+            calibration: CalibrationConfig::default(),
+        }
     }
 }
 
@@ -119,6 +169,11 @@ fn slice_cols(a: &[f32], n: usize, cols: usize, from: usize, to: usize) -> Vec<f
 }
 
 impl<B: AutodiffBackend> Osft<B> {
+    /// Whether `cfg` needs layer importances (an adaptive rule applies somewhere).
+    pub fn needs_importance(cfg: &OsftConfig) -> Result<bool> {
+        Ok(RankPolicy::new(cfg.rank.clone(), &cfg.rank_overrides)?.needs_importance())
+    }
+
     /// Decompose the targets of `model` and attach trainable low factors.
     ///
     /// `importance` (normalised, by module name) is needed when a rank rule is adaptive.
@@ -164,21 +219,8 @@ impl<B: AutodiffBackend> Osft<B> {
         }
         // 3. Decompose, matrices in parallel (each SVD single-threaded: better use of the cores
         //    than parallelising inside one small SVD).
-        let svds: Vec<std::result::Result<Svd, String>> = {
-            let prev = faer::get_global_parallelism();
-            faer::set_global_parallelism(faer::Par::Seq);
-            let out = found
-                .par_iter()
-                .map(|(_, n, m, w)| match cfg.svd {
-                    SvdMethod::Exact => thin_svd(w, *n, *m),
-                    SvdMethod::Randomized { power_iters, block } => {
-                        randomized_svd(w, *n, *m, RsvdOptions { power_iters, block, ..Default::default() })
-                    }
-                })
-                .collect();
-            faer::set_global_parallelism(prev);
-            out
-        };
+        let mats: Vec<(usize, usize, &[f32])> = found.iter().map(|(_, n, m, w)| (*n, *m, w.as_slice())).collect();
+        let svds = decompose_all(&mats, cfg.svd);
         // 4. Split and attach.
         let mut parts: BTreeMap<String, (ResolvedTarget, Svd, Vec<f32>)> = BTreeMap::new();
         for ((info, svd), (_, _, _, w)) in infos.into_iter().zip(svds).zip(found) {
@@ -275,6 +317,24 @@ impl<B: AutodiffBackend> Osft<B> {
         let f = |x: &Tensor<B::InnerBackend, 2>| x.clone().into_data().convert::<f32>().into_vec::<f32>().expect("f32");
         Some((f(&t.u_high), f(&t.vt_high)))
     }
+}
+
+/// Thin SVDs of many row-major matrices `(n, m, values)`, in parallel over matrices (each SVD
+/// single-threaded: on a few cores that uses them better than parallelising inside one small SVD).
+pub fn decompose_all(mats: &[(usize, usize, &[f32])], method: SvdMethod) -> Vec<std::result::Result<Svd, String>> {
+    let prev = faer::get_global_parallelism();
+    faer::set_global_parallelism(faer::Par::Seq);
+    let out = mats
+        .par_iter()
+        .map(|&(n, m, w)| match method {
+            SvdMethod::Exact => thin_svd(w, n, m),
+            SvdMethod::ExactF64 => crate::svd::thin_svd_f64(w, n, m),
+            SvdMethod::Gram => crate::svd::gram_svd(w, n, m),
+            SvdMethod::Randomized { power_iters, block } => randomized_svd(w, n, m, RsvdOptions { power_iters, block, ..Default::default() }),
+        })
+        .collect();
+    faer::set_global_parallelism(prev);
+    out
 }
 
 /// Fold every attached low-rank term into its dense weight (in fp32): `W ← W + U diag(s) Vt`.

@@ -24,6 +24,9 @@ pub trait LanguageModel<B: AutodiffBackend>: AutodiffModule<B> + NamedParams<B> 
     fn vocab_size(&self) -> usize;
     /// The device the parameters live on.
     fn device(&self) -> B::Device;
+    /// A forward pass for calibration (layer probes observe it): the whole input for decoder-only
+    /// models; for encoder–decoder models the encoder input and one decoder start token.
+    fn calibration_forward(&self, batch: &Batch);
 }
 
 fn int2<B: Backend>(rows: &[Vec<i64>], device: &B::Device) -> Tensor<B, 2, Int> {
@@ -58,6 +61,12 @@ impl<B: AutodiffBackend> LanguageModel<B> for Llama<B> {
     }
     fn device(&self) -> B::Device {
         self.model.embed_tokens.weight.device()
+    }
+    fn calibration_forward(&self, batch: &Batch) {
+        let device = self.device();
+        let ids = int2::<B>(&widen(&batch.input_ids), &device);
+        let mask = int2::<B>(&widen(&batch.attention_mask), &device);
+        let _ = self.hidden_states(ids, Some(mask), None);
     }
 }
 
@@ -98,5 +107,13 @@ impl<B: AutodiffBackend> LanguageModel<B> for T5<B> {
     }
     fn device(&self) -> B::Device {
         self.shared.weight.device()
+    }
+    fn calibration_forward(&self, batch: &Batch) {
+        let device = self.device();
+        let c = self.config();
+        let ids = int2::<B>(&widen(&batch.input_ids), &device);
+        let mask = int2::<B>(&widen(&batch.attention_mask), &device);
+        let start = vec![vec![c.decoder_start_token_id as i64]; batch.input_ids.len()];
+        let _ = self.forward(ids, Some(mask), int2::<B>(&start, &device));
     }
 }

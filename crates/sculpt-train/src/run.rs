@@ -17,7 +17,10 @@ use burn::tensor::backend::AutodiffBackend;
 use sculpt_data::{read_pretokenized, Batcher};
 use sculpt_models::layers::{NamedParams, ParamRef};
 use sculpt_models::{Model, Pretrained};
-use sculpt_osft::{merge, Osft, ResolvedTarget};
+use sculpt_osft::importance::{measure, CalibrationMask};
+use sculpt_osft::rank::normalize_importance;
+use sculpt_osft::targets::{default_targets, TargetSet};
+use sculpt_osft::{merge, CalibrationSource, Osft, ResolvedTarget};
 use serde::Serialize;
 
 use crate::config::{Method, RunConfig};
@@ -41,6 +44,8 @@ pub struct TaskSummary {
     pub ranks: Vec<ResolvedTarget>,
     /// `(max|U_hᵀ U_l|, max|Vt_l Vt_hᵀ|)` at the end of the task (OSFT only).
     pub leakage: Option<(f32, f32)>,
+    /// How importances were measured, when the adaptive rule ran.
+    pub calibration: Option<String>,
 }
 
 /// What the run did.
@@ -105,8 +110,23 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cfg: &RunCo
     let metrics_path = cfg.output.join("metrics.jsonl");
     let mut metrics = std::io::BufWriter::new(std::fs::File::create(&metrics_path).map_err(io_err(&metrics_path))?);
     let mut summaries = vec![];
+    let needs_importance = cfg.method == Method::Osft && Osft::<B>::needs_importance(&cfg.osft)?;
+    let mut previous: Option<(String, Vec<sculpt_data::Example>)> = None;
     for (ti, task) in cfg.tasks.iter().enumerate() {
         let examples = read_pretokenized(&task.data, model.decoder_only(), model.vocab_size())?;
+        let mut calibration = None;
+        let importance = if needs_importance {
+            let (source_name, source) = match (cfg.osft.calibration.source, &previous) {
+                (CalibrationSource::Previous, Some((n, e))) => (n.clone(), e.clone()),
+                _ => (task.name.clone(), examples.clone()),
+            };
+            let (imp, note) = measure_importance(&mut model, cfg, &source_name, source)?;
+            calibration = Some(note);
+            Some(imp)
+        } else {
+            None
+        };
+        previous = Some((task.name.clone(), examples.clone()));
         let n_examples = examples.len();
         let mut batcher =
             Batcher::new(examples, cfg.train.batch_size, model.pad_id(), cfg.train.shuffle.then(|| cfg.seed.wrapping_add(ti as u64)));
@@ -118,7 +138,7 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cfg: &RunCo
         let osft = match cfg.method {
             Method::Osft => {
                 let family = model.family();
-                let (m, o) = Osft::attach(model, &cfg.osft, family, None)?;
+                let (m, o) = Osft::attach(model, &cfg.osft, family, importance.as_ref())?;
                 model = m;
                 tracing::info!(task = %task.name, targets = o.resolved().len(), secs = t0.elapsed().as_secs_f32(), "decomposed");
                 Some(o)
@@ -152,9 +172,38 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cfg: &RunCo
             merge(&mut model);
         }
         tracing::info!(task = %task.name, first_loss = first, last_loss = last, ?leakage, secs = t0.elapsed().as_secs_f32(), "task done");
-        summaries.push(TaskSummary { name: task.name.clone(), steps, first_loss: first, last_loss: last, ranks, leakage });
+        summaries.push(TaskSummary { name: task.name.clone(), steps, first_loss: first, last_loss: last, ranks, leakage, calibration });
     }
     // After a stream the model is plain dense weights again; parameters stay trainable-agnostic.
     let model = model.no_grad();
     Ok((model, summaries))
+}
+
+/// Measure normalised layer importances on the first `osft.calibration.examples` examples of
+/// `source` (padding masked). Returns them and a note for the run record.
+fn measure_importance<B: AutodiffBackend, M: LanguageModel<B>>(
+    model: &mut M,
+    cfg: &RunConfig,
+    source_name: &str,
+    mut source: Vec<sculpt_data::Example>,
+) -> Result<(std::collections::BTreeMap<String, f64>, String)> {
+    let cal = &cfg.osft.calibration;
+    source.truncate(cal.examples.max(1));
+    let n = source.len();
+    let patterns = cfg.osft.targets.clone().unwrap_or_else(|| default_targets(model.family()));
+    let targets = TargetSet::new(&patterns)?;
+    let mut batcher = Batcher::new(source, cfg.train.batch_size, model.pad_id(), None);
+    let batches: Vec<sculpt_data::Batch> = (0..batcher.batches_per_epoch()).map(|_| batcher.next_batch()).collect();
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(CalibrationMask::default()));
+    let t0 = std::time::Instant::now();
+    let raw = measure(model, &targets, cal.non_square, batches.len(), slot.clone(), |m, i| {
+        slot.lock().expect("lock").mask = batches[i].attention_mask.iter().flatten().map(|&x| x as f32).collect();
+        m.calibration_forward(&batches[i]);
+    });
+    let names: Vec<String> = raw.keys().cloned().collect();
+    let values: Vec<f64> = raw.values().copied().collect();
+    let norm = normalize_importance(&values);
+    let note = format!("{n} examples of task `{source_name}`, padding masked, non-square layers: {:?}", cal.non_square);
+    tracing::info!(secs = t0.elapsed().as_secs_f32(), %note, "measured layer importance");
+    Ok((names.into_iter().zip(norm).collect(), note))
 }
