@@ -88,8 +88,9 @@ fn bench(which: &str, rest: &[String]) -> Result<(), String> {
     match which {
         "forward" => bench_forward(rest),
         "svd" => bench_svd(rest),
-        "all" => bench_forward(rest).and_then(|_| bench_svd(rest)),
-        other => Err(format!("unknown bench {other:?}; available: forward, svd, all")),
+        "step" => bench_step(rest),
+        "all" => bench_forward(rest).and_then(|_| bench_svd(rest)).and_then(|_| bench_step(rest)),
+        other => Err(format!("unknown bench {other:?}; available: forward, svd, step, all")),
     }
 }
 
@@ -195,6 +196,24 @@ fn bench_svd(rest: &[String]) -> Result<(), String> {
             let name = &name[..name.find('"').unwrap_or(name.len())];
             println!("decompose 210 SmolLM2 targets, {threads} threads: {name} {secs:.2} s vs torch.linalg.svd {t:.2} s = {:.2}× faster", t / secs);
         }
+    }
+    Ok(())
+}
+
+/// Plain full fine-tuning vs OSFT step on SmolLM2 (AdamW), and the projections' share of the step.
+fn bench_step(rest: &[String]) -> Result<(), String> {
+    let gguf = fetch_smollm2()?;
+    let threads = flag(rest, "--threads", &std::thread::available_parallelism().map_or(1, |n| n.get()).to_string());
+    let (batch, seq, steps) = (flag(rest, "--batch", "4"), flag(rest, "--seq", "128"), flag(rest, "--steps", "2"));
+    let args: Vec<&std::ffi::OsStr> =
+        vec!["--model".as_ref(), gguf.as_os_str(), "--batch".as_ref(), batch.as_ref(), "--seq".as_ref(), seq.as_ref(), "--steps".as_ref(), steps.as_ref()];
+    let lines = cargo_bench("train_step", &args, &threads)?;
+    for l in &lines {
+        println!("{l}");
+    }
+    let get = |name: &str| lines.iter().find(|l| l.contains(name)).and_then(|l| number(l, "s_per_step"));
+    if let (Some(full), Some(osft)) = (get("sculpt-full"), get("sculpt-osft")) {
+        println!("train step, SmolLM2-135M, batch {batch} × seq {seq}: OSFT {osft:.2} s vs plain full FT {full:.2} s = {:.2}× (goal ≤ 1.15×)", osft / full);
     }
     Ok(())
 }

@@ -235,18 +235,8 @@ impl<B: AutodiffBackend> Osft<B> {
             let u_low = slice_cols(&svd.u, n, r, k, r);
             let s_low = svd.s[k..].to_vec();
             let vt_low = svd.vt[k * m..].to_vec();
-            // W_high = W − U_l0 diag(s_l0) Vt_l0, accumulated in f64.
             let rl = r - k;
-            let mut w_high = w;
-            for i in 0..n {
-                for j in 0..m {
-                    let mut acc = 0.0f64;
-                    for t in 0..rl {
-                        acc += u_low[i * rl + t] as f64 * s_low[t] as f64 * vt_low[t * m + j] as f64;
-                    }
-                    w_high[i * m + j] = (w_high[i * m + j] as f64 - acc) as f32;
-                }
-            }
+            let w_high = high_part(&w, n, m, &u_low, &s_low, &vt_low);
             lin.weight = Param::from_tensor(upload::<B, 2>(w_high, [n, m], &device)).set_require_grad(false);
             let delta = LowRank {
                 u: Param::from_tensor(upload::<B, 2>(u_low, [n, rl], &device)),
@@ -317,6 +307,21 @@ impl<B: AutodiffBackend> Osft<B> {
         let f = |x: &Tensor<B::InnerBackend, 2>| x.clone().into_data().convert::<f32>().into_vec::<f32>().expect("f32");
         Some((f(&t.u_high), f(&t.vt_high)))
     }
+}
+
+/// `W − U_l diag(s_l) Vt_l` (row-major `[n, m]`), the product accumulated in f64.
+fn high_part(w: &[f32], n: usize, m: usize, u_low: &[f32], s_low: &[f32], vt_low: &[f32]) -> Vec<f32> {
+    let rl = s_low.len();
+    let us = faer::Mat::<f64>::from_fn(n, rl, |i, t| u_low[i * rl + t] as f64 * s_low[t] as f64);
+    let vt = faer::Mat::<f64>::from_fn(rl, m, |t, j| vt_low[t * m + j] as f64);
+    let low = &us * &vt;
+    let mut out = Vec::with_capacity(n * m);
+    for i in 0..n {
+        for j in 0..m {
+            out.push((w[i * m + j] as f64 - low[(i, j)]) as f32);
+        }
+    }
+    out
 }
 
 /// Thin SVDs of many row-major matrices `(n, m, values)`, in parallel over matrices (each SVD

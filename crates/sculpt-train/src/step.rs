@@ -20,6 +20,8 @@ pub struct StepStats {
     pub loss: f64,
     /// Global gradient norm after projection, before clipping.
     pub grad_norm: f64,
+    /// Seconds spent in the two projections (device synchronised around them).
+    pub projection_secs: f64,
 }
 
 /// Everything fixed for the steps of one task.
@@ -77,8 +79,14 @@ pub fn train_step<B: AutodiffBackend, M: LanguageModel<B>>(
     // backward
     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
     // project: dU ← dU − U_h(U_hᵀ dU), dVt ← dVt − (dVt Vt_hᵀ) Vt_h
+    let device = model.device();
+    let mut projection_secs = 0.0;
     if let Some(osft) = cx.osft {
+        let _ = B::sync(&device);
+        let t = std::time::Instant::now();
         osft.project_grads(&mut grads);
+        let _ = B::sync(&device);
+        projection_secs += t.elapsed().as_secs_f64();
     }
     // clip the global norm (PyTorch's clip_grad_norm_ rule)
     let norm = cx.trainable.iter().map(|&(id, r)| squared_norm::<B>(&grads, id, r)).sum::<f64>().sqrt();
@@ -97,7 +105,11 @@ pub fn train_step<B: AutodiffBackend, M: LanguageModel<B>>(
     let mut model = opt.step(cx.lr, model, grads, cx.trainable);
     // project the low factors: U_l ← U_l − U_h(U_hᵀ U_l), Vt_l ← Vt_l − (Vt_l Vt_hᵀ) Vt_h
     if let Some(osft) = cx.osft {
+        let _ = B::sync(&device);
+        let t = std::time::Instant::now();
         osft.project_params(&mut model);
+        let _ = B::sync(&device);
+        projection_secs += t.elapsed().as_secs_f64();
     }
-    Ok((model, StepStats { loss: loss_value, grad_norm: norm }))
+    Ok((model, StepStats { loss: loss_value, grad_norm: norm, projection_secs }))
 }

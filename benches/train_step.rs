@@ -1,0 +1,102 @@
+//! Training-step throughput on the CPU backend: a plain full fine-tuning step and an OSFT step
+//! (PEFT's default, preserve half of every target) on the same model, batch and sequence length,
+//! with the projections' share of the OSFT step. One JSON line per method.
+//! `cargo xtask bench step` pairs it with `benches/torch_step.py` (plain PyTorch and PEFT OSF).
+//!
+//! `cargo bench -p sculpt --profile dev --bench train_step -- --model <gguf|folder> --batch 4 --seq 128 --steps 2`
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use burn::backend::{Autodiff, Flex};
+use sculpt_data::Batch;
+use sculpt_models::{Model, Pretrained};
+use sculpt_osft::{Osft, OsftConfig};
+use sculpt_train::config::TrainSection;
+use sculpt_train::lm::LanguageModel;
+use sculpt_train::optim::TaskOptimizer;
+use sculpt_train::step::{train_step, StepContext};
+
+type Ad = Autodiff<Flex>;
+
+fn arg(name: &str, default: &str) -> String {
+    let a: Vec<String> = std::env::args().collect();
+    a.windows(2).find(|w| w[0] == name).map(|w| w[1].clone()).unwrap_or_else(|| default.to_string())
+}
+
+fn batches(n: usize, b: usize, s: usize, vocab: u64) -> Vec<Batch> {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    (0..n)
+        .map(|_| {
+            let ids: Vec<Vec<u32>> = (0..b)
+                .map(|_| {
+                    (0..s)
+                        .map(|_| {
+                            state ^= state << 13;
+                            state ^= state >> 7;
+                            state ^= state << 17;
+                            (state % vocab) as u32
+                        })
+                        .collect()
+                })
+                .collect();
+            let labels = ids.iter().map(|r| r.iter().map(|&x| x as i64).collect()).collect();
+            Batch { attention_mask: ids.iter().map(|r| vec![1; r.len()]).collect(), input_ids: ids, labels }
+        })
+        .collect()
+}
+
+fn main() {
+    let path = arg("--model", "");
+    if path.is_empty() {
+        eprintln!("train_step bench: pass --model <gguf or HF folder> (cargo xtask bench step does this)");
+        return;
+    }
+    let (b, s, steps): (usize, usize, usize) =
+        (arg("--batch", "4").parse().unwrap(), arg("--seq", "128").parse().unwrap(), arg("--steps", "2").parse().unwrap());
+    let device = Default::default();
+    let load = || match Pretrained::<Ad>::load(std::path::Path::new(&path), &device).expect("load").model {
+        Model::Llama(m) => m,
+        Model::T5(_) => panic!("the step bench uses a LLaMA model"),
+    };
+    let train = TrainSection { lr: 1e-5, max_grad_norm: 1.0, ..Default::default() };
+    for method in ["full", "osft"] {
+        let mut model = load();
+        let vocab = LanguageModel::<Ad>::vocab_size(&model) as u64;
+        let data = batches(steps + 1, b, s, vocab);
+        let (osft, trainable, decayed) = if method == "osft" {
+            let t0 = Instant::now();
+            let (m, o) = Osft::attach(model, &OsftConfig::default(), "llama", None).expect("attach");
+            eprintln!("decomposed in {:.1} s", t0.elapsed().as_secs_f64());
+            model = m;
+            let ids = o.low_param_ids();
+            let decayed: BTreeSet<_> = ids.iter().map(|(id, _)| *id).collect();
+            (Some(o), ids, decayed)
+        } else {
+            let mut ids = vec![];
+            sculpt_models::NamedParams::visit_params(&model, &mut |_, p| match p {
+                sculpt_models::ParamRef::Vector(p) => ids.push((p.id, 1)),
+                sculpt_models::ParamRef::Matrix(p) => ids.push((p.id, 2)),
+            });
+            (None, ids, BTreeSet::new())
+        };
+        let mut opt = TaskOptimizer::new(&train, decayed);
+        let cx = StepContext { osft: osft.as_ref(), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "bench" };
+        // One warm-up step, then timed steps.
+        let (m, _) = train_step(model, &data[0], &mut opt, &cx, 0).expect("step");
+        model = m;
+        let t0 = Instant::now();
+        let mut proj = 0.0;
+        for (i, batch) in data[1..].iter().enumerate() {
+            let (m, st) = train_step(model, batch, &mut opt, &cx, i + 1).expect("step");
+            model = m;
+            proj += st.projection_secs;
+        }
+        let secs = t0.elapsed().as_secs_f64() / steps as f64;
+        println!(
+            "{{\"impl\":\"sculpt-{method}\",\"s_per_step\":{secs:.3},\"tokens_per_s\":{:.1},\"projection_fraction\":{:.4},\"batch\":{b},\"seq\":{s},\"steps\":{steps}}}",
+            (b * s) as f64 / secs,
+            proj / steps as f64 / secs
+        );
+    }
+}
