@@ -247,3 +247,34 @@ fn the_adaptive_rule_spreads_ranks_around_the_target_ratio() {
     let err = Osft::attach(m, &cfg, "llama", None).err().expect("must fail").to_string();
     assert!(err.contains("importance"), "{err}");
 }
+
+#[test]
+fn activation_checkpointing_changes_nothing_but_memory() {
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+    type Ck = Autodiff<Flex, BalancedCheckpointing>;
+    let device = Default::default();
+    let name = "llama-gqa-untied-tiny";
+    let batch = batch_of(name);
+    let train = TrainSection { lr: 1e-2, max_grad_norm: 1.0, ..Default::default() };
+    fn go<B: burn::tensor::backend::AutodiffBackend>(name: &str, batch: &Batch, train: &TrainSection, device: &B::Device) -> (Vec<f64>, sculpt_models::TensorMap) {
+        let Model::Llama(m) = Pretrained::<B>::load(&tiny_fixture(name), device).unwrap().model else { unreachable!() };
+        let (mut model, osft) = Osft::attach(m, &OsftConfig::default(), "llama", None).unwrap();
+        let trainable = osft.low_param_ids();
+        let mut opt = TaskOptimizer::new(train, trainable.iter().map(|(id, _)| *id).collect());
+        let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "t" };
+        let mut losses = vec![];
+        for step in 0..5 {
+            let (m, s) = train_step(model, batch, &mut opt, &cx, step).unwrap();
+            model = m;
+            losses.push(s.loss);
+        }
+        merge(&mut model);
+        (losses, model.export())
+    }
+    let (la, wa) = go::<Ad>(name, &batch, &train, &device);
+    let (lb, wb) = go::<Ck>(name, &batch, &train, &device);
+    assert_eq!(la, lb, "losses differ with checkpointing");
+    for (k, t) in &wa.tensors {
+        assert!(max_rel_diff(&wb.tensors[k].data, &t.data) <= 1e-6, "{k} differs with checkpointing");
+    }
+}

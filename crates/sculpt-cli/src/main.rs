@@ -107,7 +107,12 @@ fn run_on<B: burn::tensor::backend::Backend>(command: Command, device: &B::Devic
         }
         Command::Train { config } => {
             let cfg = sculpt_train::RunConfig::load(&config)?;
-            let summary = sculpt_train::train::<burn::backend::Autodiff<B>>(&cfg, device)?;
+            use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+            let summary = if cfg.train.activation_checkpointing {
+                sculpt_train::train::<burn::backend::Autodiff<B, BalancedCheckpointing>>(&cfg, device)?
+            } else {
+                sculpt_train::train::<burn::backend::Autodiff<B>>(&cfg, device)?
+            };
             for t in &summary.tasks {
                 println!("task {:<16} steps {:>5}  loss {:.4} → {:.4}", t.name, t.steps, t.first_loss, t.last_loss);
             }

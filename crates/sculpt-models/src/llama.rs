@@ -115,8 +115,6 @@ pub struct LlamaConfig {
     pub attention_bias: bool,
     /// Biases on gate/up/down.
     pub mlp_bias: bool,
-    /// Recompute each block's activations in the backward pass instead of storing them.
-    pub checkpoint_activations: bool,
 }
 
 impl LlamaConfig {
@@ -170,7 +168,6 @@ impl LlamaConfig {
             pad_token_id: raw.pad_token_id,
             attention_bias: raw.attention_bias,
             mlp_bias: raw.mlp_bias,
-            checkpoint_activations: false,
         })
     }
 
@@ -455,11 +452,6 @@ impl<B: Backend> Llama<B> {
     /// The resolved configuration.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
-    }
-
-    /// Turn per-block activation checkpointing on or off.
-    pub fn set_checkpoint_activations(&mut self, on: bool) {
-        self.config.checkpoint_activations = on;
     }
 
     /// Logits `[b, s, vocab]` for `input_ids: [b, s]`.

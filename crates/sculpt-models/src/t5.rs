@@ -109,8 +109,6 @@ pub struct T5Config {
     pub eos_token_id: u32,
     /// First decoder input.
     pub decoder_start_token_id: u32,
-    /// Recompute each block's activations in the backward pass instead of storing them.
-    pub checkpoint_activations: bool,
 }
 
 impl T5Config {
@@ -163,7 +161,6 @@ impl T5Config {
             pad_token_id: raw.pad_token_id,
             eos_token_id: raw.eos_token_id,
             decoder_start_token_id: raw.decoder_start_token_id.unwrap_or(raw.pad_token_id),
-            checkpoint_activations: false,
         })
     }
 }
@@ -553,11 +550,6 @@ impl<B: Backend> T5<B> {
     /// The resolved configuration.
     pub fn config(&self) -> &T5Config {
         &self.config
-    }
-
-    /// Turn per-block activation checkpointing on or off.
-    pub fn set_checkpoint_activations(&mut self, on: bool) {
-        self.config.checkpoint_activations = on;
     }
 
     /// Encoder output `[b, s, d_model]`; `attention_mask: [b, s]` (1 = token, 0 = padding).

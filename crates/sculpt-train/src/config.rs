@@ -86,6 +86,10 @@ pub struct TrainSection {
     /// Shuffle each epoch with the run seed; off = file order.
     #[serde(default)]
     pub shuffle: bool,
+    /// Recompute memory-bound activations in the backward pass instead of keeping them
+    /// (burn's balanced checkpointing strategy, applied to every block).
+    #[serde(default)]
+    pub activation_checkpointing: bool,
 }
 
 fn d_batch() -> usize {
@@ -120,6 +124,7 @@ impl Default for TrainSection {
             weight_decay: 0.0,
             max_grad_norm: d_clip(),
             shuffle: false,
+            activation_checkpointing: false,
         }
     }
 }
