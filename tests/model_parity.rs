@@ -127,3 +127,29 @@ fn kv_cache_gives_the_same_logits_as_a_full_forward() {
     let stitched: Vec<f32> = a.data.iter().chain(&b.data).copied().collect();
     assert!(max_abs_diff(&stitched, &full.data) <= 1e-5);
 }
+
+#[test]
+fn padding_masks_leave_real_tokens_unchanged() {
+    let device = Default::default();
+    let mask_of = |rows: &[Vec<i64>]| -> Tensor<Cpu, 2, Int> {
+        Tensor::from_data(TensorData::new(rows.concat(), [rows.len(), rows[0].len()]), &device)
+    };
+    // LLaMA, right padding: the logits of the real positions equal those of the unpadded row.
+    let m = Pretrained::<Cpu>::load(&tiny_fixture("llama-gqa-untied-tiny"), &device).unwrap();
+    let Model::Llama(l) = &m.model else { unreachable!() };
+    let alone = to_host(l.forward(ids_tensor(&[vec![5, 17, 42]], &device), None, None));
+    let padded = to_host(l.forward(
+        ids_tensor(&[vec![5, 17, 42, 0, 0], vec![9, 8, 7, 6, 5]], &device),
+        Some(mask_of(&[vec![1, 1, 1, 0, 0], vec![1, 1, 1, 1, 1]])),
+        None,
+    ));
+    let v = l.config().vocab_size;
+    assert!(max_abs_diff(&padded.data[..3 * v], &alone.data) <= 1e-5);
+    // T5, encoder padding: decoder logits equal those without the padded encoder positions.
+    let m = Pretrained::<Cpu>::load(&tiny_fixture("t5-v1_1-tiny"), &device).unwrap();
+    let Model::T5(t) = &m.model else { unreachable!() };
+    let dec = ids_tensor::<Cpu>(&[vec![0, 14, 33]], &device);
+    let alone = to_host(t.forward(ids_tensor(&[vec![14, 108, 121, 1]], &device), None, dec.clone()));
+    let padded = to_host(t.forward(ids_tensor(&[vec![14, 108, 121, 1, 0, 0]], &device), Some(mask_of(&[vec![1, 1, 1, 1, 0, 0]])), dec));
+    assert!(max_abs_diff(&padded.data, &alone.data) <= 1e-5);
+}

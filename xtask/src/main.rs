@@ -230,6 +230,27 @@ fn number(json: &str, key: &str) -> Option<f64> {
     rest[..end].parse().ok()
 }
 
+/// The wgpu backend on this machine (Mesa lavapipe in CI) generates exactly what transformers
+/// generated for a tiny fixture.
+fn wgpu_smoke() -> Result<(), String> {
+    let bin = target_dir().join("debug").join("sculpt");
+    let fixture = root().join("tests/fixtures/tiny/t5-v1_0-tiny");
+    let out = Command::new(&bin)
+        .args(["--backend", "wgpu", "generate", "--model"])
+        .arg(&fixture)
+        .args(["--prompt", "translate English to German: The house is wonderful.", "--max-new-tokens", "10"])
+        .env("SCULPT_LOG", "warn")
+        .output()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // tests/fixtures/tiny/t5-v1_0-tiny/expected.json: "generated_text"
+    if !out.status.success() || text.trim_end() != "atatat_______" {
+        return Err(format!("wgpu generation: got {text:?}\n{}", String::from_utf8_lossy(&out.stderr)));
+    }
+    eprintln!("xtask: wgpu backend generates transformers' greedy output");
+    Ok(())
+}
+
 /// The CI sequence (system packages are installed by `.ci/run` before this).
 fn ci() -> Result<(), String> {
     let cargo = || {
@@ -243,5 +264,6 @@ fn ci() -> Result<(), String> {
     }
     run(cargo().args(["test", "--workspace"]))?;
     run(cargo().args(["build", "-p", "sculpt-cli", "--features", "wgpu,cuda"]))?;
+    wgpu_smoke()?;
     Ok(())
 }
