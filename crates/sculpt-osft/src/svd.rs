@@ -72,11 +72,7 @@ pub fn thin_svd(a: &[f32], n: usize, m: usize) -> Result<Svd, String> {
             out.vt[i * m + j] = v[(j, i)];
         }
     }
-    sort_descending(&mut out);
-    if out.s.iter().chain(&out.u).chain(&out.vt).any(|x| !x.is_finite()) {
-        return Err("non-finite values in the factors".into());
-    }
-    Ok(out)
+    finish(out)
 }
 
 /// Exact thin SVD computed in f64 (the factors rounded to f32 at the end): slower than
@@ -87,18 +83,14 @@ pub fn thin_svd_f64(a: &[f32], n: usize, m: usize) -> Result<Svd, String> {
     let svd = mat.thin_svd().map_err(|e| format!("{e:?}"))?;
     let r = n.min(m);
     let (u, s, v) = (svd.U(), svd.S().column_vector(), svd.V());
-    let mut out = Svd {
+    let out = Svd {
         n,
         m,
         u: (0..n).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| u[(i, j)] as f32).collect(),
         s: (0..r).map(|i| s[i] as f32).collect(),
         vt: (0..r).flat_map(|i| (0..m).map(move |j| (i, j))).map(|(i, j)| v[(j, i)] as f32).collect(),
     };
-    sort_descending(&mut out);
-    if out.s.iter().chain(&out.u).chain(&out.vt).any(|x| !x.is_finite()) {
-        return Err("non-finite values in the factors".into());
-    }
-    Ok(out)
+    finish(out)
 }
 
 /// Thin SVD through the Gram matrix in f64: for `n ≥ m`, `G = AᵀA = V Σ² Vᵀ` by a symmetric
@@ -108,12 +100,7 @@ pub fn thin_svd_f64(a: &[f32], n: usize, m: usize) -> Result<Svd, String> {
 /// bidiagonal SVD. Checked against [`thin_svd_f64`] in the tests and in `cargo xtask bench svd`.
 pub fn gram_svd(a: &[f32], n: usize, m: usize) -> Result<Svd, String> {
     if n < m {
-        let at: Vec<f32> = (0..m).flat_map(|j| (0..n).map(move |i| (i, j))).map(|(i, j)| a[i * m + j]).collect();
-        let t = gram_svd(&at, m, n)?;
-        let r = t.rank();
-        let u: Vec<f32> = (0..n).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| t.vt[j * n + i]).collect();
-        let vt: Vec<f32> = (0..r).flat_map(|j| (0..m).map(move |i| (i, j))).map(|(i, j)| t.u[i * r + j]).collect();
-        return Ok(Svd { n, m, u, s: t.s, vt });
+        return via_transpose(a, n, m, gram_svd);
     }
     let amat = Mat::<f64>::from_fn(n, m, |i, j| a[i * m + j] as f64);
     let g = amat.transpose() * &amat;
@@ -147,13 +134,28 @@ pub fn gram_svd(a: &[f32], n: usize, m: usize) -> Result<Svd, String> {
             }
         }
     }
-    let mut out = Svd {
+    let out = Svd {
         n,
         m,
         u: (0..n).flat_map(|i| (0..m).map(move |j| (i, j))).map(|(i, j)| u[(i, j)] as f32).collect(),
         s: sigma.iter().map(|&s| s as f32).collect(),
         vt: (0..m).flat_map(|i| (0..m).map(move |j| (i, j))).map(|(i, j)| v[(j, i)] as f32).collect(),
     };
+    finish(out)
+}
+
+/// Decompose a wide `[n, m]` matrix through its transpose: `Aᵀ = U S Vt` ⇒ `A = V S Uᵀ`.
+fn via_transpose(a: &[f32], n: usize, m: usize, f: impl Fn(&[f32], usize, usize) -> Result<Svd, String>) -> Result<Svd, String> {
+    let at: Vec<f32> = (0..m).flat_map(|j| (0..n).map(move |i| (i, j))).map(|(i, j)| a[i * m + j]).collect();
+    let t = f(&at, m, n)?;
+    let r = t.rank();
+    let u: Vec<f32> = (0..n).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| t.vt[j * n + i]).collect();
+    let vt: Vec<f32> = (0..r).flat_map(|j| (0..m).map(move |i| (i, j))).map(|(i, j)| t.u[i * r + j]).collect();
+    Ok(Svd { n, m, u, s: t.s, vt })
+}
+
+/// Sort the triplets descending and reject non-finite factors.
+fn finish(mut out: Svd) -> Result<Svd, String> {
     sort_descending(&mut out);
     if out.s.iter().chain(&out.u).chain(&out.vt).any(|x| !x.is_finite()) {
         return Err("non-finite values in the factors".into());
@@ -261,13 +263,7 @@ fn frob(a: MatRef<'_, f32>) -> f32 {
 /// For wide matrices the transpose is decomposed so the sketch lives in the short dimension.
 pub fn randomized_svd(a: &[f32], n: usize, m: usize, opts: RsvdOptions) -> Result<Svd, String> {
     if n < m {
-        let at: Vec<f32> = (0..m).flat_map(|j| (0..n).map(move |i| (i, j))).map(|(i, j)| a[i * m + j]).collect();
-        let t = randomized_svd(&at, m, n, opts)?;
-        // Aᵀ = U S Vt  ⇒  A = V S Uᵀ.
-        let r = t.rank();
-        let u: Vec<f32> = (0..n).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| t.vt[j * n + i]).collect();
-        let vt: Vec<f32> = (0..r).flat_map(|j| (0..m).map(move |i| (i, j))).map(|(i, j)| t.u[i * r + j]).collect();
-        return Ok(Svd { n, m, u, s: t.s, vt });
+        return via_transpose(a, n, m, |at, n, m| randomized_svd(at, n, m, opts));
     }
     let r_full = m; // n ≥ m
     let l = opts.rank.unwrap_or(r_full).min(r_full);
@@ -290,11 +286,7 @@ pub fn randomized_svd(a: &[f32], n: usize, m: usize, opts: RsvdOptions) -> Resul
             out.vt[i * m + j] = v[(j, i)];
         }
     }
-    sort_descending(&mut out);
-    if out.s.iter().chain(&out.u).chain(&out.vt).any(|x| !x.is_finite()) {
-        return Err("non-finite values in the factors".into());
-    }
-    Ok(out)
+    finish(out)
 }
 
 #[cfg(test)]
