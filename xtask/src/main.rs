@@ -265,5 +265,8 @@ fn ci() -> Result<(), String> {
     run(cargo().args(["test", "--workspace"]))?;
     run(cargo().args(["build", "-p", "sculpt-cli", "--features", "wgpu,cuda"]))?;
     wgpu_smoke()?;
+    // The projection kernels against their reference, on wgpu (lavapipe in CI); the CUDA cases
+    // are `#[ignore]`d without a driver.
+    run(cargo().args(["test", "-p", "sculpt-kernels", "--features", "wgpu,cuda"]))?;
     Ok(())
 }

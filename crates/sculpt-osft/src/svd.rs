@@ -295,6 +295,11 @@ mod tests {
 
     /// A `[n, m]` matrix with singular values `s` and random orthonormal factors.
     pub(crate) fn with_spectrum(n: usize, m: usize, s: &[f32], seed: u64) -> Vec<f32> {
+        with_spectrum_and_factors(n, m, s, seed).0
+    }
+
+    /// Like [`with_spectrum`], also returning the true `U: [n, r]` and `V: [m, r]`.
+    fn with_spectrum_and_factors(n: usize, m: usize, s: &[f32], seed: u64) -> (Vec<f32>, Mat<f32>, Mat<f32>) {
         let r = n.min(m);
         assert_eq!(s.len(), r);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -303,7 +308,39 @@ mod tests {
         let u = gu.qr().compute_thin_Q();
         let v = gv.qr().compute_thin_Q();
         let us = Mat::<f32>::from_fn(n, r, |i, j| u[(i, j)] * s[j]);
-        to_row_major((&us * v.transpose()).as_ref())
+        (to_row_major((&us * v.transpose()).as_ref()), u, v)
+    }
+
+    /// `sin θ` of the largest principal angle between span(A) and span(B) (orthonormal columns):
+    /// the spectral norm of `(I − A Aᵀ) B`.
+    fn sin_largest_angle(a: &Mat<f32>, b: &Mat<f32>) -> f32 {
+        let resid = b - a * (a.transpose() * b);
+        let sv = resid.thin_svd().unwrap();
+        sv.S().column_vector()[0]
+    }
+
+    #[test]
+    fn split_subspaces_are_within_the_spectral_gap_bound() {
+        // Davis–Kahan: sin θ(Û_k, U_k) ≤ ‖E‖ / δ, with E the backward error of the SVD
+        // (≈ c·ε_f32·σ_max) and δ = σ_k − σ_{k+1} the gap at the split.
+        let (n, m, k) = (96, 64, 24);
+        for delta in [1e-1f32, 1e-2, 1e-3] {
+            let s: Vec<f32> = (0..m).map(|i| if i < k { 2.0 - 0.01 * i as f32 } else { 2.0 - 0.01 * k as f32 - delta - 0.001 * (i - k) as f32 }).collect();
+            let (a, u_true, v_true) = with_spectrum_and_factors(n, m, &s, 19);
+            let bound = 1e-5 * s[0] / delta;
+            for (label, svd) in [
+                ("gram", gram_svd(&a, n, m).unwrap()),
+                ("exact_f64", thin_svd_f64(&a, n, m).unwrap()),
+                ("randomized", randomized_svd(&a, n, m, RsvdOptions::default()).unwrap()),
+            ] {
+                let r = svd.rank();
+                let uk = Mat::<f32>::from_fn(n, k, |i, j| svd.u[i * r + j]);
+                let vk = Mat::<f32>::from_fn(m, k, |i, j| svd.vt[j * m + i]);
+                let (ut, vt) = (u_true.subcols(0, k).to_owned(), v_true.subcols(0, k).to_owned());
+                let (su, sv) = (sin_largest_angle(&ut, &uk), sin_largest_angle(&vt, &vk));
+                assert!(su <= bound && sv <= bound, "{label}, gap {delta}: sin θ_U = {su:.2e}, sin θ_V = {sv:.2e}, bound {bound:.2e}");
+            }
+        }
     }
 
     fn check_svd(a: &[f32], n: usize, m: usize, svd: &Svd, s_ref: &[f32], tol_s: f32) {
