@@ -203,17 +203,19 @@ impl Default for RsvdOptions {
 /// (`Y_b ← Y_b − Q (Qᵀ Y_b)`), then inside itself by a thin QR. Columns that vanish (rank
 /// deficiency) are replaced by fresh directions orthogonal to everything so far, so `Q` always
 /// has `l` orthonormal columns.
-pub fn orthonormalize(y: &Mat<f32>, block: usize, seed: u64) -> Mat<f32> {
+///
+/// The host twin works in f64 (it is also the accuracy oracle for the f32 device version).
+pub fn orthonormalize(y: &Mat<f64>, block: usize, seed: u64) -> Mat<f64> {
     let (n, l) = (y.nrows(), y.ncols());
     assert!(l <= n, "orthonormalize: {l} columns in {n} dimensions");
     let block = block.max(1);
-    let mut q = Mat::<f32>::zeros(n, l);
+    let mut q = Mat::<f64>::zeros(n, l);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x9E37);
     let mut done = 0;
     while done < l {
         let w = block.min(l - done);
         let mut yb = y.subcols(done, w).to_owned();
-        let scale0 = frob(yb.as_ref()).max(f32::MIN_POSITIVE);
+        let scale0 = frob(yb.as_ref()).max(f64::MIN_POSITIVE);
         for attempt in 0.. {
             assert!(attempt < 8, "orthonormalize: could not complete the basis");
             if done > 0 {
@@ -225,7 +227,7 @@ pub fn orthonormalize(y: &Mat<f32>, block: usize, seed: u64) -> Mat<f32> {
                 }
             }
             let qr = yb.qr();
-            let bad: Vec<usize> = (0..w).filter(|&i| qr.thin_R()[(i, i)].abs() <= 1e-6 * scale0).collect();
+            let bad: Vec<usize> = (0..w).filter(|&i| qr.thin_R()[(i, i)].abs() <= 1e-10 * scale0).collect();
             yb = qr.compute_thin_Q();
             if bad.is_empty() {
                 break;
@@ -245,17 +247,17 @@ pub fn orthonormalize(y: &Mat<f32>, block: usize, seed: u64) -> Mat<f32> {
     q
 }
 
-fn frob(a: MatRef<'_, f32>) -> f32 {
+fn frob(a: MatRef<'_, f64>) -> f64 {
     let mut acc = 0.0f64;
     for j in 0..a.ncols() {
         for i in 0..a.nrows() {
-            acc += (a[(i, j)] as f64).powi(2);
+            acc += a[(i, j)].powi(2);
         }
     }
-    acc.sqrt() as f32
+    acc.sqrt()
 }
 
-/// Blocked randomized SVD of the row-major `[n, m]` matrix `a`.
+/// Blocked randomized SVD of the row-major `[n, m]` matrix `a` (host twin, computed in f64).
 ///
 /// 1. sketch `Y = A Ω`, `Ω: [m, l]` Gaussian; 2. `q` power iterations `Y ← A (Aᵀ Q)` with
 /// orthonormalisation between products; 3. `Q = orth(Y)` (blocked, see [`orthonormalize`]);
@@ -267,9 +269,9 @@ pub fn randomized_svd(a: &[f32], n: usize, m: usize, opts: RsvdOptions) -> Resul
     }
     let r_full = m; // n ≥ m
     let l = opts.rank.unwrap_or(r_full).min(r_full);
-    let amat = from_row_major(a, n, m);
+    let amat = Mat::<f64>::from_fn(n, m, |i, j| a[i * m + j] as f64);
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
-    let omega = Mat::<f32>::from_fn(m, l, |_, _| StandardNormal.sample(&mut rng));
+    let omega = Mat::<f64>::from_fn(m, l, |_, _| StandardNormal.sample(&mut rng));
     let mut q = orthonormalize(&(&amat * &omega), opts.block, opts.seed);
     for it in 0..opts.power_iters {
         let z = orthonormalize(&(amat.transpose() * &q), opts.block, opts.seed.wrapping_add(2 * it as u64 + 1));
@@ -280,12 +282,13 @@ pub fn randomized_svd(a: &[f32], n: usize, m: usize, opts: RsvdOptions) -> Resul
     let u = &q * small.U(); // [n, l]
     let s = small.S().column_vector();
     let v = small.V(); // [m, l]
-    let mut out = Svd { n, m, u: to_row_major(u.as_ref()), s: (0..l).map(|i| s[i]).collect(), vt: vec![0.0; l * m] };
-    for i in 0..l {
-        for j in 0..m {
-            out.vt[i * m + j] = v[(j, i)];
-        }
-    }
+    let out = Svd {
+        n,
+        m,
+        u: (0..n).flat_map(|i| (0..l).map(move |j| (i, j))).map(|(i, j)| u[(i, j)] as f32).collect(),
+        s: (0..l).map(|i| s[i] as f32).collect(),
+        vt: (0..l).flat_map(|i| (0..m).map(move |j| (i, j))).map(|(i, j)| v[(j, i)] as f32).collect(),
+    };
     finish(out)
 }
 
@@ -424,8 +427,8 @@ mod tests {
     fn orthonormalize_completes_a_rank_deficient_basis() {
         let n = 30;
         // 10 columns spanning only 3 dimensions.
-        let base = Mat::<f32>::from_fn(n, 3, |i, j| ((i * 7 + j * 3) % 11) as f32 - 5.0);
-        let mix = Mat::<f32>::from_fn(3, 10, |i, j| ((i + 2 * j) % 5) as f32 - 2.0);
+        let base = Mat::<f64>::from_fn(n, 3, |i, j| ((i * 7 + j * 3) % 11) as f64 - 5.0);
+        let mix = Mat::<f64>::from_fn(3, 10, |i, j| ((i + 2 * j) % 5) as f64 - 2.0);
         let y = &base * &mix;
         let q = orthonormalize(&y, 4, 1);
         let g = q.transpose() * &q;
