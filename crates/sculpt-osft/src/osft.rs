@@ -268,10 +268,10 @@ impl<B: AutodiffBackend> Osft<B> {
     pub fn project_grads(&self, grads: &mut GradientsParams) {
         for t in &self.targets {
             if let Some(g) = grads.remove::<B::InnerBackend, 2>(t.u_id) {
-                grads.register(t.u_id, project_u(g, &t.u_high));
+                grads.register(t.u_id, project_u(g, t.u_high.clone()));
             }
             if let Some(g) = grads.remove::<B::InnerBackend, 2>(t.vt_id) {
-                grads.register(t.vt_id, project_vt(g, &t.vt_high));
+                grads.register(t.vt_id, project_vt(g, t.vt_high.clone()));
             }
         }
     }
@@ -281,8 +281,8 @@ impl<B: AutodiffBackend> Osft<B> {
         model.visit_linears_mut(&mut |name, lin| {
             let (Some(&i), Some(d)) = (self.by_name.get(name), lin.delta.take()) else { return };
             let t = &self.targets[i];
-            let u = d.u.map(|x| Tensor::from_inner(project_u(x.inner(), &t.u_high)).require_grad());
-            let vt = d.vt.map(|x| Tensor::from_inner(project_vt(x.inner(), &t.vt_high)).require_grad());
+            let u = d.u.map(|x| Tensor::from_inner(project_u(x.inner(), t.u_high.clone())).require_grad());
+            let vt = d.vt.map(|x| Tensor::from_inner(project_vt(x.inner(), t.vt_high.clone())).require_grad());
             lin.delta = Some(LowRank { u, s: d.s, vt });
         });
     }
