@@ -79,11 +79,26 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
+    let backend = cli.backend;
+    // GPU runtimes report a missing driver or device by panicking on first use; turn that (and any
+    // other panic) into one error line instead of a backtrace, unless RUST_BACKTRACE asks for it.
+    if std::env::var_os("RUST_BACKTRACE").is_none() {
+        std::panic::set_hook(Box::new(|_| {}));
+    }
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
+        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            eprintln!("error: the {backend:?} backend failed: {msg} (set RUST_BACKTRACE=1 for a backtrace)");
+            std::process::ExitCode::from(2)
         }
     }
 }

@@ -171,3 +171,46 @@ fn train_with_the_adaptive_rule_records_importance_and_calibration() {
     let mean = imps.iter().sum::<f64>() / imps.len() as f64;
     assert!((mean - 1.0).abs() < 1e-9, "normalised importances average 1, got {mean}");
 }
+
+#[test]
+fn seqft_trains_every_parameter_and_writes_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = run_config(dir.path(), "seqft", "");
+    let out = sculpt().args(["train", "--config"]).arg(&cfg).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ranks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/osft_ranks.json")).unwrap()).unwrap();
+    assert!(ranks[0]["ranks"].as_array().unwrap().is_empty(), "no OSFT ranks for seqft");
+    assert!(ranks[0]["leakage"].is_null());
+    // Every tensor of the checkpoint moved (embeddings and norms included).
+    let base = sculpt_models_tensors(&fixture("llama-gqa-untied-tiny"));
+    let tuned = sculpt_models_tensors(&dir.path().join("run/model"));
+    for (name, t) in &base {
+        assert_ne!(t, &tuned[name], "{name} did not change under full fine-tuning");
+    }
+}
+
+/// The raw bytes of every tensor in the model's safetensors files (`model*.safetensors`) of a folder, by name.
+fn sculpt_models_tensors(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors") && p.file_name().unwrap().to_string_lossy().starts_with("model"))
+        .collect();
+    files.sort();
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        for (name, info) in header.as_object().unwrap() {
+            if name == "__metadata__" {
+                continue;
+            }
+            let off = info["data_offsets"].as_array().unwrap();
+            let (a, b) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
+            out.insert(name.clone(), bytes[8 + n + a..8 + n + b].to_vec());
+        }
+    }
+    out
+}
