@@ -15,8 +15,7 @@ use sculpt_osft::targets::{default_targets, TargetSet};
 use sculpt_osft::{decompose_all, SvdMethod};
 
 fn arg(name: &str) -> Option<String> {
-    let a: Vec<String> = std::env::args().collect();
-    a.windows(2).find(|w| w[0] == name).map(|w| w[1].clone())
+    Some(sculpt::bench_arg(name, "")).filter(|v| !v.is_empty())
 }
 
 fn main() {

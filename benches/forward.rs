@@ -10,10 +10,7 @@ use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
 use sculpt_models::{Model, Pretrained};
 
-fn arg(name: &str, default: &str) -> String {
-    let a: Vec<String> = std::env::args().collect();
-    a.windows(2).find(|w| w[0] == name).map(|w| w[1].clone()).unwrap_or_else(|| default.to_string())
-}
+use sculpt::bench_arg as arg;
 
 fn main() {
     let path = arg("--gguf", "");

@@ -19,10 +19,7 @@ use sculpt_train::step::{train_step, StepContext};
 
 type Ad = Autodiff<Flex>;
 
-fn arg(name: &str, default: &str) -> String {
-    let a: Vec<String> = std::env::args().collect();
-    a.windows(2).find(|w| w[0] == name).map(|w| w[1].clone()).unwrap_or_else(|| default.to_string())
-}
+use sculpt::bench_arg as arg;
 
 fn batches(n: usize, b: usize, s: usize, vocab: u64) -> Vec<Batch> {
     let mut state = 0x2545_F491_4F6C_DD1Du64;

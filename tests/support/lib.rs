@@ -96,3 +96,9 @@ pub fn smollm2_gguf() -> Option<PathBuf> {
     }
     found
 }
+
+/// `--name value` from the command line of a bench binary, or `default`.
+pub fn bench_arg(name: &str, default: &str) -> String {
+    let a: Vec<String> = std::env::args().collect();
+    a.windows(2).find(|w| w[0] == name).map(|w| w[1].clone()).unwrap_or_else(|| default.to_string())
+}

@@ -102,43 +102,16 @@ fn bench_forward(rest: &[String]) -> Result<(), String> {
     let gguf = fetch_smollm2()?;
     let (batch, seq, iters) = (flag(rest, "--batch", "1"), flag(rest, "--seq", "128"), flag(rest, "--iters", "5"));
     let threads = flag(rest, "--threads", &std::thread::available_parallelism().map_or(1, |n| n.get()).to_string());
-    let out = Command::new("cargo")
-        .current_dir(root())
-        // The dev profile has every dependency at opt-level 3 (see Cargo.toml), so the bench shares
-        // the test build instead of needing a second, release build of burn.
-        .args(["bench", "-q", "--profile", "dev", "-p", "sculpt", "--bench", "forward", "--", "--gguf"])
-        .arg(&gguf)
-        .args(["--batch", &batch, "--seq", &seq, "--iters", &iters])
-        .env("RAYON_NUM_THREADS", &threads)
-        .output()
-        .map_err(|e| format!("cargo bench: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("cargo bench failed:\n{}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let sculpt = last_json_line(&out.stdout).ok_or("sculpt bench printed no JSON line")?;
+    let shape: Vec<&std::ffi::OsStr> = vec!["--batch".as_ref(), batch.as_ref(), "--seq".as_ref(), seq.as_ref(), "--iters".as_ref(), iters.as_ref()];
+    let mut args: Vec<&std::ffi::OsStr> = vec!["--gguf".as_ref(), gguf.as_os_str()];
+    args.extend(&shape);
+    let sculpt = cargo_bench("forward", &args, &threads)?.pop().ok_or("sculpt bench printed no JSON line")?;
     println!("{sculpt}");
-    let py = Command::new(python())
-        .current_dir(root())
-        .arg("benches/torch_forward.py")
-        .arg("--gguf")
-        .arg(&gguf)
-        .args(["--batch", &batch, "--seq", &seq, "--iters", &iters, "--threads", &threads])
-        .output();
-    match py {
-        Ok(o) if o.status.success() => {
-            let torch = last_json_line(&o.stdout).ok_or("torch bench printed no JSON line")?;
-            println!("{torch}");
-            let (a, b) = (number(&sculpt, "tokens_per_s"), number(&torch, "tokens_per_s"));
-            if let (Some(a), Some(b)) = (a, b) {
-                println!("forward tokens/s, SmolLM2-135M fp32, batch {batch} × seq {seq}, {threads} threads: sculpt {a:.1} / pytorch {b:.1} = {:.2}×", a / b);
-            }
-        }
-        Ok(o) => println!(
-            "pytorch reference skipped: {} (set SCULPT_PYTHON to a Python with torch + transformers + gguf)\n{}",
-            python(),
-            String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
-        ),
-        Err(e) => println!("pytorch reference skipped: {}: {e}", python()),
+    args.extend(["--threads".as_ref(), threads.as_ref()] as [&std::ffi::OsStr; 2]);
+    let Some(torch) = python_reference("benches/torch_forward.py", &args) else { return Ok(()) };
+    println!("{torch}");
+    if let (Some(a), Some(b)) = (number(&sculpt, "tokens_per_s"), number(&torch, "tokens_per_s")) {
+        println!("forward tokens/s, SmolLM2-135M fp32, batch {batch} × seq {seq}, {threads} threads: sculpt {a:.1} / pytorch {b:.1} = {:.2}×", a / b);
     }
     Ok(())
 }

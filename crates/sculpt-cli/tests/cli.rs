@@ -190,27 +190,7 @@ fn seqft_trains_every_parameter_and_writes_a_model() {
     }
 }
 
-/// The raw bytes of every tensor in the model's safetensors files (`model*.safetensors`) of a folder, by name.
-fn sculpt_models_tensors(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors") && p.file_name().unwrap().to_string_lossy().starts_with("model"))
-        .collect();
-    files.sort();
-    for f in files {
-        let bytes = std::fs::read(&f).unwrap();
-        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-        for (name, info) in header.as_object().unwrap() {
-            if name == "__metadata__" {
-                continue;
-            }
-            let off = info["data_offsets"].as_array().unwrap();
-            let (a, b) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
-            out.insert(name.clone(), bytes[8 + n + a..8 + n + b].to_vec());
-        }
-    }
-    out
+/// The model tensors of a Hugging Face folder, by name.
+fn sculpt_models_tensors(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    sculpt_models::safetensors_io::read_folder(dir).unwrap().tensors.into_iter().map(|(k, t)| (k, t.data)).collect()
 }
