@@ -194,3 +194,34 @@ fn seqft_trains_every_parameter_and_writes_a_model() {
 fn sculpt_models_tensors(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<f32>> {
     sculpt_models::safetensors_io::read_folder(dir).unwrap().tensors.into_iter().map(|(k, t)| (k, t.data)).collect()
 }
+
+#[test]
+fn t5_trains_with_osft_on_pretokenized_seq2seq_data() {
+    let dir = tempfile::tempdir().unwrap();
+    // Encoder inputs and decoder labels of different lengths.
+    let data = dir.path().join("s2s.jsonl");
+    let rows: Vec<String> = (0..16)
+        .map(|i| format!("{{\"input_ids\": [{}, {}, {}, 1], \"labels\": [{}, {}, 1]}}", 10 + i, 20 + i, 30 + i, 40 + i, 50 + i))
+        .collect();
+    std::fs::write(&data, rows.join("\n")).unwrap();
+    let cfg = dir.path().join("t5.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "model = {:?}\noutput = {:?}\n[train]\nbatch_size = 4\nepochs = 3\nlr = 1e-2\n[[tasks]]\nname = \"s2s\"\ndata = {data:?}\n",
+            fixture("t5-v1_1-tiny"),
+            dir.path().join("run")
+        ),
+    )
+    .unwrap();
+    let out = sculpt().args(["train", "--config"]).arg(&cfg).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ranks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/osft_ranks.json")).unwrap()).unwrap();
+    let t = &ranks[0];
+    assert_eq!(t["steps"], 12);
+    assert_eq!(t["ranks"].as_array().unwrap().len(), 36, "self + cross attention and FFN of 2+2 blocks");
+    assert!(t["last_loss"].as_f64().unwrap() < t["first_loss"].as_f64().unwrap());
+    let gen = sculpt().args(["generate", "--model"]).arg(dir.path().join("run/model")).args(["--prompt", "hello", "--max-new-tokens", "3"]).output().unwrap();
+    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+}
