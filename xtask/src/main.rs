@@ -184,9 +184,29 @@ fn bench_step(rest: &[String]) -> Result<(), String> {
     for l in &lines {
         println!("{l}");
     }
-    let get = |name: &str| lines.iter().find(|l| l.contains(name)).and_then(|l| number(l, "s_per_step"));
-    if let (Some(full), Some(osft)) = (get("sculpt-full"), get("sculpt-osft")) {
+    let get = |lines: &[String], name: &str| lines.iter().find(|l| l.contains(name)).and_then(|l| number(l, "s_per_step"));
+    if let (Some(full), Some(osft)) = (get(&lines, "sculpt-full"), get(&lines, "sculpt-osft")) {
         println!("train step, SmolLM2-135M, batch {batch} × seq {seq}: OSFT {osft:.2} s vs plain full FT {full:.2} s = {:.2}× (goal ≤ 1.15×)", osft / full);
+    }
+    // The PyTorch script prints one JSON line per method (plain, PEFT OSF).
+    let mut py_args = args.clone();
+    py_args.splice(0..2, ["--gguf".as_ref(), gguf.as_os_str()]);
+    py_args.extend(["--threads".as_ref(), threads.as_ref()] as [&std::ffi::OsStr; 2]);
+    let out = Command::new(python()).current_dir(root()).arg("benches/torch_step.py").args(&py_args).output();
+    let torch: Vec<String> = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with('{')).map(str::to_string).collect(),
+        _ => {
+            println!("pytorch reference skipped: {} could not run benches/torch_step.py (needs torch, transformers, peft, gguf)", python());
+            return Ok(());
+        }
+    };
+    for l in &torch {
+        println!("{l}");
+    }
+    if let (Some(tf), Some(tp), Some(sf), Some(so)) =
+        (get(&torch, "pytorch-full"), get(&torch, "peft-osf"), get(&lines, "sculpt-full"), get(&lines, "sculpt-osft"))
+    {
+        println!("tokens/s vs PyTorch: sculpt full FT {:.2}×, sculpt OSFT vs PEFT OSF {:.2}× (goal ≥ 1); PEFT OSF costs {:.2}× its plain step", tf / sf, tp / so, tp / tf);
     }
     Ok(())
 }
