@@ -67,12 +67,8 @@ pub fn train<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<
     let cfg_path = cfg.output.join("run_config.toml");
     std::fs::write(&cfg_path, toml::to_string_pretty(cfg).expect("config serialises")).map_err(io_err(&cfg_path))?;
     let mut pre = Pretrained::<B>::load(&cfg.model, device)?;
+    tracing::info!(family = pre.model.family(), tasks = cfg.tasks.len(), method = ?cfg.method, "run starts");
     // Take the network out of the Pretrained wrapper, train it, put it back to save.
-    let placeholder = |m: &Model<B>| match m {
-        Model::Llama(_) => "llama",
-        Model::T5(_) => "t5",
-    };
-    tracing::info!(family = placeholder(&pre.model), tasks = cfg.tasks.len(), method = ?cfg.method, "run starts");
     let (model, tasks) = match pre.model {
         Model::Llama(m) => {
             let (m, t) = run_stream(m, cfg)?;
@@ -174,7 +170,7 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cfg: &RunCo
         tracing::info!(task = %task.name, first_loss = first, last_loss = last, ?leakage, secs = t0.elapsed().as_secs_f32(), "task done");
         summaries.push(TaskSummary { name: task.name.clone(), steps, first_loss: first, last_loss: last, ranks, leakage, calibration });
     }
-    // After a stream the model is plain dense weights again; parameters stay trainable-agnostic.
+    // After the stream the model holds plain dense weights again; nothing more is trained.
     let model = model.no_grad();
     Ok((model, summaries))
 }
