@@ -72,8 +72,8 @@ fn loss_and_gradients_match_pytorch() {
             let key = format!("grad.{pname}");
             let reference = r.get(&key).unwrap_or_else(|| panic!("{name}: no reference gradient for {pname}"));
             let g = match p {
-                ParamRef::Vector(p) => p.val().grad(&grads).map(|g| to_host(g)),
-                ParamRef::Matrix(p) => p.val().grad(&grads).map(|g| to_host(g)),
+                ParamRef::Vector(p) => p.val().grad(&grads).map(to_host),
+                ParamRef::Matrix(p) => p.val().grad(&grads).map(to_host),
             }
             .unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
             assert_eq!(g.shape, reference.shape, "{name}: {pname} gradient shape");

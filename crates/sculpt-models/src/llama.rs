@@ -124,13 +124,13 @@ impl LlamaConfig {
         check(path, raw.hidden_act == "silu", "hidden_act", || format!("expected \"silu\", found {:?}", raw.hidden_act))?;
         let kv = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
         check(path, raw.num_attention_heads > 0, "num_attention_heads", || "must be positive".into())?;
-        check(path, kv > 0 && raw.num_attention_heads % kv == 0, "num_key_value_heads", || {
+        check(path, kv > 0 && raw.num_attention_heads.is_multiple_of(kv), "num_key_value_heads", || {
             format!("{kv} must divide num_attention_heads = {}", raw.num_attention_heads)
         })?;
         let head_dim = match raw.head_dim {
             Some(h) => h,
             None => {
-                check(path, raw.hidden_size % raw.num_attention_heads == 0, "hidden_size", || {
+                check(path, raw.hidden_size.is_multiple_of(raw.num_attention_heads), "hidden_size", || {
                     format!("{} is not a multiple of num_attention_heads = {}", raw.hidden_size, raw.num_attention_heads)
                 })?;
                 raw.hidden_size / raw.num_attention_heads

@@ -54,7 +54,7 @@ fn sixty_four() -> usize {
 }
 
 /// The `[osft]` section of a run config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct OsftConfig {
     /// Regexes selecting target modules by Hugging Face name (default: the family's projections).
@@ -113,18 +113,6 @@ impl Default for CalibrationConfig {
     }
 }
 
-impl Default for OsftConfig {
-    fn default() -> Self {
-        OsftConfig {
-            targets: None,
-            rank: RankRule::default(),
-            rank_overrides: vec![],
-            svd: SvdMethod::default(),
-            train_non_targets: false,
-            calibration: CalibrationConfig::default(),
-        }
-    }
-}
 
 /// What was decided for one target (logged and saved with the run).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

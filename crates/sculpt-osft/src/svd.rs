@@ -259,9 +259,9 @@ fn frob(a: MatRef<'_, f64>) -> f64 {
 
 /// Blocked randomized SVD of the row-major `[n, m]` matrix `a` (host twin, computed in f64).
 ///
-/// 1. sketch `Y = A Ω`, `Ω: [m, l]` Gaussian; 2. `q` power iterations `Y ← A (Aᵀ Q)` with
-/// orthonormalisation between products; 3. `Q = orth(Y)` (blocked, see [`orthonormalize`]);
-/// 4. `B = Qᵀ A` (`[l, m]`); 5. small dense SVD `B = Ũ Σ Vt`; 6. `U = Q Ũ`.
+/// Steps: sketch `Y = A Ω` with a Gaussian `Ω: [m, l]`; `q` power iterations `Y ← A (Aᵀ Q)` with
+/// orthonormalisation between products; `Q = orth(Y)` (blocked, see [`orthonormalize`]);
+/// `B = Qᵀ A` (`[l, m]`); a small dense SVD `B = Ũ Σ Vt`; `U = Q Ũ`.
 /// For wide matrices the transpose is decomposed so the sketch lives in the short dimension.
 pub fn randomized_svd(a: &[f32], n: usize, m: usize, opts: RsvdOptions) -> Result<Svd, String> {
     if n < m {

@@ -205,8 +205,9 @@ impl RunConfig {
         if !t.betas.iter().all(|b| (0.0..1.0).contains(b)) {
             return bad(format!("`train.betas` must lie in [0, 1), got {:?}", t.betas));
         }
-        if !(t.eps > 0.0) || t.weight_decay < 0.0 || t.max_grad_norm < 0.0 {
-            return bad("`train.eps` must be > 0 and `train.weight_decay`, `train.max_grad_norm` ≥ 0".into());
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+        if !(t.eps.is_finite() && t.eps > 0.0) || !non_negative(t.weight_decay) || !non_negative(t.max_grad_norm) {
+            return bad("`train.eps` must be > 0 and `train.weight_decay`, `train.max_grad_norm` finite and ≥ 0".into());
         }
         self.osft.rank.validate("osft.rank").map_err(|e| TrainError::Config { path: path.to_path_buf(), msg: e.to_string() })?;
         Ok(())
@@ -244,6 +245,8 @@ mod tests {
             (format!("{MIN}[train]\nbatch_size = 0\n"), "train.batch_size"),
             (format!("{MIN}[train]\nlearning_rate = 1.0\n"), "learning_rate"),
             (format!("{MIN}[train]\nlr = -1.0\n"), "train.lr"),
+            (format!("{MIN}[train]\nweight_decay = nan\n"), "train.weight_decay"),
+            (format!("{MIN}[train]\nmax_grad_norm = inf\n"), "train.max_grad_norm"),
             (format!("{MIN}[osft]\nrank = {{ rule = \"preserve\", fraction = 2.0 }}\n"), "osft.rank"),
             (format!("{MIN}[osft]\nrank_overrides = [{{ pattern = \"q\", rule = \"unfreeze\", fractoin = 0.2 }}]\n"), "fractoin"),
             (format!("{MIN}method = \"magic\"\n"), "method"),
