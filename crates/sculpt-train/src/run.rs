@@ -142,8 +142,13 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cfg: &RunCo
             Method::Seqft => None,
         };
         let trainable = trainable_ids(&model, osft.as_ref());
-        let decayed: BTreeSet<ParamId> = osft.as_ref().map(|o| o.low_param_ids().into_iter().map(|(id, _)| id).collect()).unwrap_or_default();
-        let mut opt = TaskOptimizer::<M, B>::new(&cfg.train, if cfg.method == Method::Seqft { BTreeSet::new() } else { decayed });
+        // Weight decay: OSFT decays the low factors only (decaying anything else would move the
+        // frozen subspace); plain fine-tuning decays every parameter.
+        let decayed: BTreeSet<ParamId> = match &osft {
+            Some(o) => o.low_param_ids().into_iter().map(|(id, _)| id).collect(),
+            None => trainable.iter().map(|(id, _)| *id).collect(),
+        };
+        let mut opt = TaskOptimizer::<M, B>::new(&cfg.train, decayed);
         let cx = StepContext { osft: osft.as_ref(), trainable: &trainable, lr: cfg.train.lr, max_grad_norm: cfg.train.max_grad_norm, task: &task.name };
         tracing::info!(task = %task.name, examples = n_examples, steps, "training");
         let (mut first, mut last) = (f64::NAN, f64::NAN);
