@@ -21,9 +21,7 @@ const LLAMAS: &[&str] = &["llama-gqa-untied-tiny", "llama-tied-tiny"];
 const T5S: &[&str] = &["t5-v1_1-tiny", "t5-v1_0-tiny"];
 
 fn int2<B: Backend>(t: &RefTensor, device: &B::Device) -> Tensor<B, 2, Int> {
-    let rows = t.rows_i64();
-    let flat: Vec<i64> = rows.concat();
-    Tensor::from_data(TensorData::new(flat, [t.shape[0], t.shape[1]]), device)
+    sculpt_models::layers::int_tensor(&t.rows_i64(), device)
 }
 
 fn logits_of<B: Backend>(m: &Pretrained<B>, r: &std::collections::BTreeMap<String, RefTensor>, device: &B::Device) -> Tensor<B, 3> {

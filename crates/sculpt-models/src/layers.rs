@@ -25,12 +25,17 @@ pub fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> HostTensor {
     HostTensor::new(shape, data)
 }
 
+/// An int tensor `[rows, cols]` from equal-length rows (token ids, masks, labels with `-100`).
+pub fn int_tensor<B: Backend, T: Copy + Into<i64>>(rows: &[Vec<T>], device: &B::Device) -> Tensor<B, 2, Int> {
+    let cols = rows.first().map_or(0, Vec::len);
+    assert!(rows.iter().all(|r| r.len() == cols), "int_tensor: ragged rows");
+    let flat: Vec<i64> = rows.iter().flatten().map(|&x| x.into()).collect();
+    Tensor::from_data(TensorData::new(flat, [rows.len(), cols]), device)
+}
+
 /// An int tensor `[rows, cols]` from token ids.
 pub fn ids_tensor<B: Backend>(rows: &[Vec<u32>], device: &B::Device) -> Tensor<B, 2, Int> {
-    let cols = rows.first().map_or(0, Vec::len);
-    assert!(rows.iter().all(|r| r.len() == cols), "ids_tensor: ragged rows");
-    let flat: Vec<i64> = rows.iter().flatten().map(|&x| x as i64).collect();
-    Tensor::from_data(TensorData::new(flat, [rows.len(), cols]), device)
+    int_tensor(rows, device)
 }
 
 /// Take a parameter of the given shape out of `map` and upload it.

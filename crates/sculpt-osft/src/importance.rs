@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use sculpt_models::layers::{InputProbe, NamedParams};
 use serde::{Deserialize, Serialize};
 
@@ -102,9 +102,4 @@ pub fn measure<B: Backend, M: NamedParams<B>>(
     model.visit_linears_mut(&mut |_, lin| lin.probe = InputProbe::none());
     let out = accs.lock().expect("lock").iter().map(|(k, a)| (k.clone(), a.sum / a.count.max(1.0))).collect();
     out
-}
-
-/// Mean of a scalar tensor as f64 (helper for callers).
-pub fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
-    t.into_scalar().elem::<f64>()
 }

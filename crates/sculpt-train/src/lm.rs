@@ -2,10 +2,10 @@
 //! as transformers computes it, plus named parameters.
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
 use sculpt_data::Batch;
-use sculpt_models::layers::NamedParams;
+use sculpt_models::layers::{int_tensor, NamedParams};
 use sculpt_models::llama::Llama;
 use sculpt_models::loss::{causal_lm_loss, seq2seq_loss, IGNORE_INDEX};
 use sculpt_models::t5::T5;
@@ -29,22 +29,13 @@ pub trait LanguageModel<B: AutodiffBackend>: AutodiffModule<B> + NamedParams<B> 
     fn calibration_forward(&self, batch: &Batch);
 }
 
-fn int2<B: Backend>(rows: &[Vec<i64>], device: &B::Device) -> Tensor<B, 2, Int> {
-    let cols = rows.first().map_or(0, Vec::len);
-    Tensor::from_data(TensorData::new(rows.concat(), [rows.len(), cols]), device)
-}
-
-fn widen(rows: &[Vec<u32>]) -> Vec<Vec<i64>> {
-    rows.iter().map(|r| r.iter().map(|&x| x as i64).collect()).collect()
-}
-
 impl<B: AutodiffBackend> LanguageModel<B> for Llama<B> {
     fn loss(&self, batch: &Batch) -> Tensor<B, 1> {
         let device = self.model.embed_tokens.weight.device();
-        let ids = int2::<B>(&widen(&batch.input_ids), &device);
-        let mask = int2::<B>(&widen(&batch.attention_mask), &device);
+        let ids = int_tensor::<B, _>(&batch.input_ids, &device);
+        let mask = int_tensor::<B, _>(&batch.attention_mask, &device);
         let logits = self.forward(ids, Some(mask), None);
-        causal_lm_loss(logits, int2::<B>(&batch.labels, &device))
+        causal_lm_loss(logits, int_tensor::<B, _>(&batch.labels, &device))
     }
     fn family(&self) -> &'static str {
         "llama"
@@ -64,8 +55,8 @@ impl<B: AutodiffBackend> LanguageModel<B> for Llama<B> {
     }
     fn calibration_forward(&self, batch: &Batch) {
         let device = self.device();
-        let ids = int2::<B>(&widen(&batch.input_ids), &device);
-        let mask = int2::<B>(&widen(&batch.attention_mask), &device);
+        let ids = int_tensor::<B, _>(&batch.input_ids, &device);
+        let mask = int_tensor::<B, _>(&batch.attention_mask, &device);
         let _ = self.hidden_states(ids, Some(mask), None);
     }
 }
@@ -87,11 +78,11 @@ impl<B: AutodiffBackend> LanguageModel<B> for T5<B> {
     fn loss(&self, batch: &Batch) -> Tensor<B, 1> {
         let device = self.shared.weight.device();
         let c = self.config();
-        let ids = int2::<B>(&widen(&batch.input_ids), &device);
-        let mask = int2::<B>(&widen(&batch.attention_mask), &device);
-        let dec = int2::<B>(&shift_right(&batch.labels, c.decoder_start_token_id, c.pad_token_id), &device);
+        let ids = int_tensor::<B, _>(&batch.input_ids, &device);
+        let mask = int_tensor::<B, _>(&batch.attention_mask, &device);
+        let dec = int_tensor::<B, _>(&shift_right(&batch.labels, c.decoder_start_token_id, c.pad_token_id), &device);
         let logits = self.forward(ids, Some(mask), dec);
-        seq2seq_loss(logits, int2::<B>(&batch.labels, &device))
+        seq2seq_loss(logits, int_tensor::<B, _>(&batch.labels, &device))
     }
     fn family(&self) -> &'static str {
         "t5"
@@ -111,9 +102,9 @@ impl<B: AutodiffBackend> LanguageModel<B> for T5<B> {
     fn calibration_forward(&self, batch: &Batch) {
         let device = self.device();
         let c = self.config();
-        let ids = int2::<B>(&widen(&batch.input_ids), &device);
-        let mask = int2::<B>(&widen(&batch.attention_mask), &device);
+        let ids = int_tensor::<B, _>(&batch.input_ids, &device);
+        let mask = int_tensor::<B, _>(&batch.attention_mask, &device);
         let start = vec![vec![c.decoder_start_token_id as i64]; batch.input_ids.len()];
-        let _ = self.forward(ids, Some(mask), int2::<B>(&start, &device));
+        let _ = self.forward(ids, Some(mask), int_tensor::<B, _>(&start, &device));
     }
 }
