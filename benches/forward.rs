@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use burn::backend::Flex;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor};
 use sculpt_models::{Model, Pretrained};
 
 use sculpt::bench_arg as arg;
@@ -24,17 +24,8 @@ fn main() {
     let m = Pretrained::<Flex>::load(std::path::Path::new(&path), &device).expect("load model");
     let Model::Llama(model) = &m.model else { panic!("forward bench expects a LLaMA model") };
     let vocab = model.config().vocab_size as u64;
-    // A fixed LCG so every iteration sees different but reproducible ids.
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut ids = || -> Tensor<Flex, 2, Int> {
-        let v: Vec<i64> = (0..batch * seq)
-            .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((state >> 33) % vocab) as i64
-            })
-            .collect();
-        Tensor::from_data(TensorData::new(v, [batch, seq]), &device)
-    };
+    let mut all = sculpt::random_ids(iters + 1, batch, seq, vocab, 0x9E37_79B9_7F4A_7C15).into_iter();
+    let mut ids = || -> Tensor<Flex, 2, Int> { sculpt_models::layers::int_tensor(&all.next().expect("enough batches"), &device) };
     // Reading a scalar back synchronises the device inside the timed region.
     let run = |x: Tensor<Flex, 2, Int>| model.forward(x, None, None).sum().into_scalar();
     let _ = run(ids());

@@ -22,21 +22,9 @@ type Ad = Autodiff<Flex>;
 use sculpt::bench_arg as arg;
 
 fn batches(n: usize, b: usize, s: usize, vocab: u64) -> Vec<Batch> {
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    (0..n)
-        .map(|_| {
-            let ids: Vec<Vec<u32>> = (0..b)
-                .map(|_| {
-                    (0..s)
-                        .map(|_| {
-                            state ^= state << 13;
-                            state ^= state >> 7;
-                            state ^= state << 17;
-                            (state % vocab) as u32
-                        })
-                        .collect()
-                })
-                .collect();
+    sculpt::random_ids(n, b, s, vocab, 0x2545_F491_4F6C_DD1D)
+        .into_iter()
+        .map(|ids| {
             let labels = ids.iter().map(|r| r.iter().map(|&x| x as i64).collect()).collect();
             Batch { attention_mask: ids.iter().map(|r| vec![1; r.len()]).collect(), input_ids: ids, labels }
         })

@@ -102,3 +102,14 @@ pub fn bench_arg(name: &str, default: &str) -> String {
     let a: Vec<String> = std::env::args().collect();
     a.windows(2).find(|w| w[0] == name).map(|w| w[1].clone()).unwrap_or_else(|| default.to_string())
 }
+
+/// Reproducible pseudo-random token ids, `batches × rows × cols`, below `vocab` (a fixed LCG, so
+/// every bench iteration sees different but repeatable inputs).
+pub fn random_ids(batches: usize, rows: usize, cols: usize, vocab: u64, seed: u64) -> Vec<Vec<Vec<u32>>> {
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 33) % vocab) as u32
+    };
+    (0..batches).map(|_| (0..rows).map(|_| (0..cols).map(|_| next()).collect()).collect()).collect()
+}
