@@ -68,12 +68,12 @@ fn main() {
         let mut opt = TaskOptimizer::new(&train, decayed);
         let cx = StepContext { osft: osft.as_ref(), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "bench" };
         // One warm-up step, then timed steps.
-        let (m, _) = train_step(model, &data[0], &mut opt, &cx, 0).expect("step");
+        let (m, _) = train_step(model, &data[0], &mut opt, &cx, 0, None).expect("step");
         model = m;
         let t0 = Instant::now();
         let mut proj = 0.0;
         for (i, batch) in data[1..].iter().enumerate() {
-            let (m, st) = train_step(model, batch, &mut opt, &cx, i + 1).expect("step");
+            let (m, st) = train_step(model, batch, &mut opt, &cx, i + 1, None).expect("step");
             model = m;
             proj += st.projection_secs;
         }

@@ -43,7 +43,7 @@ fn run<M: LanguageModel<Ad>>(model: M, batch: &Batch, train: &TrainSection, step
     let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "t" };
     let mut losses = vec![];
     for step in 0..steps {
-        let (m, s) = train_step(model, batch, &mut opt, &cx, step).unwrap();
+        let (m, s) = train_step(model, batch, &mut opt, &cx, step, None).unwrap();
         model = m;
         losses.push(s.loss);
     }
@@ -128,7 +128,7 @@ fn adamw_keeps_the_low_factors_orthogonal_and_the_frozen_part_fixed() {
     let mut model = attached;
     let mut last = 0.0;
     for step in 0..100 {
-        let (m, s) = train_step(model, &batch, &mut opt, &cx, step).unwrap();
+        let (m, s) = train_step(model, &batch, &mut opt, &cx, step, None).unwrap();
         model = m;
         last = s.loss;
     }
@@ -264,7 +264,7 @@ fn activation_checkpointing_changes_nothing_but_memory() {
         let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "t" };
         let mut losses = vec![];
         for step in 0..5 {
-            let (m, s) = train_step(model, batch, &mut opt, &cx, step).unwrap();
+            let (m, s) = train_step(model, batch, &mut opt, &cx, step, None).unwrap();
             model = m;
             losses.push(s.loss);
         }

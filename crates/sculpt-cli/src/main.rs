@@ -41,6 +41,32 @@ enum Command {
         /// Run config (TOML).
         #[arg(long)]
         config: PathBuf,
+        /// Continue from the latest complete checkpoint in the run's output folder.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Run several methods on one stream (the config's `method` is replaced by each) and
+    /// tabulate them; writes `<output>/<method>/…`, `<output>/compare.json` and `<output>/report.html`.
+    Compare {
+        /// Run config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Methods, comma-separated (osft, seqft, lora, olora, ewc, replay, mtl).
+        #[arg(long, value_delimiter = ',', default_value = "osft,seqft")]
+        methods: Vec<String>,
+        /// Continue each run from its latest checkpoint.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// The embedded demo: generates a tiny model and a 3-task stream (no downloads), compares
+    /// OSFT with sequential fine-tuning, prints both accuracy matrices and writes the report.
+    Demo {
+        /// Where the demo's files and results go.
+        #[arg(long, default_value = "runs/demo")]
+        output: PathBuf,
+        /// Methods to compare, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "osft,seqft")]
+        methods: Vec<String>,
     },
     /// Load a model (folder or .gguf) and write it as a Hugging Face folder.
     Convert {
@@ -54,6 +80,30 @@ enum Command {
         #[arg(long, value_enum)]
         dtype: Option<DtypeArg>,
     },
+}
+
+fn parse_methods(names: &[String]) -> anyhow::Result<Vec<sculpt_train::config::Method>> {
+    names
+        .iter()
+        .map(|n| {
+            sculpt_train::config::Method::parse(n.trim()).ok_or_else(|| {
+                let all: Vec<&str> = sculpt_train::config::Method::ALL.iter().map(|m| m.name()).collect();
+                anyhow::anyhow!("--methods: unknown method {n:?} (expected one of {})", all.join(", "))
+            })
+        })
+        .collect()
+}
+
+fn compare_on<B: burn::tensor::backend::Backend>(cfg: &sculpt_train::RunConfig, methods: &[sculpt_train::config::Method], device: &B::Device, opts: sculpt_train::RunOptions) -> anyhow::Result<()> {
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+    let c = if cfg.train.activation_checkpointing {
+        sculpt_train::compare::compare::<burn::backend::Autodiff<B, BalancedCheckpointing>>(cfg, methods, device, opts)?
+    } else {
+        sculpt_train::compare::compare::<burn::backend::Autodiff<B>>(cfg, methods, device, opts)?
+    };
+    println!("{}", c.table());
+    println!("report written to {}", c.report.display());
+    Ok(())
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -120,19 +170,38 @@ fn run_on<B: burn::tensor::backend::Backend>(command: Command, device: &B::Devic
             println!("{text}");
             Ok(())
         }
-        Command::Train { config } => {
+        Command::Train { config, resume } => {
             let cfg = sculpt_train::RunConfig::load(&config)?;
+            let opts = sculpt_train::RunOptions { resume };
             use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
             let summary = if cfg.train.activation_checkpointing {
-                sculpt_train::train::<burn::backend::Autodiff<B, BalancedCheckpointing>>(&cfg, device)?
+                sculpt_train::train_with::<burn::backend::Autodiff<B, BalancedCheckpointing>>(&cfg, device, opts)?
             } else {
-                sculpt_train::train::<burn::backend::Autodiff<B>>(&cfg, device)?
+                sculpt_train::train_with::<burn::backend::Autodiff<B>>(&cfg, device, opts)?
             };
-            for t in &summary.tasks {
+            for t in &summary.results.tasks {
                 println!("task {:<16} steps {:>5}  loss {:.4} → {:.4}", t.name, t.steps, t.first_loss, t.last_loss);
             }
+            if summary.results.matrix.acc.iter().flatten().any(Option::is_some) {
+                println!("\naccuracy (%), rows: task, columns: when\n{}", summary.results.matrix.to_text());
+                let m = summary.results.metrics;
+                let p = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{:.1}", 100.0 * v));
+                println!("AA {}  BWT {}  forgetting {}  FWT {}", p(m.aa), p(m.bwt), p(m.forgetting), p(m.fwt));
+            }
             println!("model written to {}", summary.model_dir.display());
+            println!("report written to {}", summary.report.display());
             Ok(())
+        }
+        Command::Compare { config, methods, resume } => {
+            let cfg = sculpt_train::RunConfig::load(&config)?;
+            let methods = parse_methods(&methods)?;
+            compare_on::<B>(&cfg, &methods, device, sculpt_train::RunOptions { resume })
+        }
+        Command::Demo { output, methods } => {
+            let methods = parse_methods(&methods)?;
+            let cfg = sculpt_train::demo::prepare(&output)?;
+            println!("demo: a tiny random LLaMA and three cipher tasks written to {}", output.display());
+            compare_on::<B>(&cfg, &methods, device, sculpt_train::RunOptions::default())
         }
         Command::Convert { model, out, dtype } => {
             let m = Pretrained::<B>::load(&model, device).with_context(|| format!("loading {}", model.display()))?;

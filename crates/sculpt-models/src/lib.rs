@@ -17,4 +17,4 @@ pub mod t5;
 pub use error::{ModelError, Result};
 pub use host::{HostTensor, StoreDtype, TensorMap};
 pub use layers::{NamedParams, ParamRef};
-pub use pretrained::{Model, Pretrained};
+pub use pretrained::{Model, ModelFiles, Pretrained};

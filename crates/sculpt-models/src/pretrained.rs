@@ -135,6 +135,50 @@ impl<B: Backend> Pretrained<B> {
     /// The folder is assembled next to `dir` and renamed into place, so an existing `dir` is only
     /// replaced once the new one is complete; a failure leaves it untouched.
     pub fn save(&self, dir: &Path, dtype: Option<StoreDtype>) -> Result<()> {
+        self.files().save(&self.model.export(), dir, dtype)
+    }
+
+    /// Everything but the network: what [`ModelFiles::save`] needs to write a folder for
+    /// weights trained elsewhere.
+    pub fn files(&self) -> ModelFiles {
+        ModelFiles {
+            tokenizer: self.tokenizer.clone(),
+            tokenizer_json: self.tokenizer_json.clone(),
+            raw_config: self.raw_config.clone(),
+            source_dtype: self.source_dtype,
+            source: self.source.clone(),
+            sidecars: self.sidecars.clone(),
+        }
+    }
+}
+
+/// The files of a model besides its weights (tokenizer, config, sidecars), to write the weights
+/// of a network back as a Hugging Face folder.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    /// The tokenizer.
+    pub tokenizer: Tokenizer,
+    /// `tokenizer.json` text.
+    pub tokenizer_json: String,
+    /// `config.json`.
+    pub raw_config: serde_json::Value,
+    /// Dtype of the source weights (the default save dtype).
+    pub source_dtype: StoreDtype,
+    /// Where the model came from.
+    pub source: PathBuf,
+    sidecars: Vec<(String, Vec<u8>)>,
+}
+
+impl ModelFiles {
+    /// A sidecar file read with the model (`tokenizer_config.json`, …), by name.
+    pub fn sidecar(&self, name: &str) -> Option<&[u8]> {
+        self.sidecars.iter().find(|(n, _)| n == name).map(|(_, b)| b.as_slice())
+    }
+
+    /// Write `map` (the weights, Hugging Face names) as a folder at `dir`, atomically: the
+    /// folder is assembled next to `dir` and renamed into place, so an existing `dir` is only
+    /// replaced once the new one is complete; a failure leaves it untouched.
+    pub fn save(&self, map: &TensorMap, dir: &Path, dtype: Option<StoreDtype>) -> Result<()> {
         let dtype = dtype.unwrap_or(self.source_dtype);
         let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
@@ -145,8 +189,7 @@ impl<B: Backend> Pretrained<B> {
         }
         let result = (|| -> Result<()> {
             std::fs::create_dir(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-            let map = self.model.export();
-            safetensors_io::write_folder(&tmp, &map, dtype, DEFAULT_MAX_SHARD_BYTES)?;
+            safetensors_io::write_folder(&tmp, map, dtype, DEFAULT_MAX_SHARD_BYTES)?;
             let mut config = self.raw_config.clone();
             if let Some(obj) = config.as_object_mut() {
                 // transformers ≥ 4.56 writes `dtype`, older versions `torch_dtype`.

@@ -17,6 +17,40 @@ pub enum Method {
     Osft,
     /// Plain sequential full fine-tuning of every parameter.
     Seqft,
+    /// A fresh LoRA adapter on the targets per task, merged at the task's end.
+    Lora,
+    /// O-LoRA: a fresh LoRA adapter per task, kept orthogonal to the earlier tasks' adapters by
+    /// an L1 penalty on `A_t A_iᵀ` (plus an optional L2 penalty on the new adapter).
+    Olora,
+    /// Full fine-tuning with elastic weight consolidation (diagonal Fisher, online).
+    Ewc,
+    /// Full fine-tuning on the task mixed with a replay buffer of earlier tasks' examples.
+    Replay,
+    /// Multi-task learning: every task at once (shuffled together), the usual upper bound.
+    Mtl,
+}
+
+impl Method {
+    /// Every method, in the order reports list them.
+    pub const ALL: [Method; 7] = [Method::Osft, Method::Seqft, Method::Lora, Method::Olora, Method::Ewc, Method::Replay, Method::Mtl];
+
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Osft => "osft",
+            Method::Seqft => "seqft",
+            Method::Lora => "lora",
+            Method::Olora => "olora",
+            Method::Ewc => "ewc",
+            Method::Replay => "replay",
+            Method::Mtl => "mtl",
+        }
+    }
+
+    /// Parse the config spelling.
+    pub fn parse(s: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.name() == s)
+    }
 }
 
 /// Optimizer choice.
@@ -34,9 +68,17 @@ pub enum OptimizerKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum DataFormat {
-    /// `{"input_ids": [...], "labels": [...]}` per line.
+    /// `{"input_ids": [...], "labels": [...]}` per line (`data`: the training file; `test`: an
+    /// optional file of the same format, evaluated by greedy decoding of the labelled part).
     #[default]
     Pretokenized,
+    /// An O-LoRA CL_Benchmark task folder (`train.json`, `test.json`, `labels.json`).
+    Olora,
+    /// A TRACE task folder (`train.json`, `test.json` of `{"prompt", "answer"}`).
+    Trace,
+    /// Chat JSONL (`{"messages": [...]}`, the last message the assistant's answer), rendered with
+    /// the model's chat template (`data`: training file, `test`: optional evaluation file).
+    Chat,
 }
 
 /// One task of the stream.
@@ -50,6 +92,177 @@ pub struct TaskConfig {
     /// Its format.
     #[serde(default)]
     pub format: DataFormat,
+    /// Evaluation file for the file formats (pretokenized, chat); folder formats read their
+    /// `test.json`.
+    #[serde(default)]
+    pub test: Option<PathBuf>,
+}
+
+/// What to do with a prompt or answer longer than its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// Keep the end of the prompt (where the question is) and the start of the answer.
+    #[default]
+    Truncate,
+    /// Stop with an error naming the task and the example.
+    Error,
+}
+
+/// The `[data]` section: how text examples become tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Use at most this many training examples per task (a seeded sample; all when unset).
+    #[serde(default)]
+    pub max_train_examples: Option<usize>,
+    /// Evaluate on at most this many test examples per task (a seeded sample; all when unset).
+    #[serde(default)]
+    pub max_eval_examples: Option<usize>,
+    /// Longest prompt in tokens (special tokens included).
+    #[serde(default = "d_prompt")]
+    pub max_prompt_tokens: usize,
+    /// Longest answer in tokens (end-of-sequence included).
+    #[serde(default = "d_answer")]
+    pub max_answer_tokens: usize,
+    /// Longer sequences are truncated or rejected.
+    #[serde(default)]
+    pub overflow: Overflow,
+}
+
+fn d_prompt() -> usize {
+    512
+}
+fn d_answer() -> usize {
+    50
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection { max_train_examples: None, max_eval_examples: None, max_prompt_tokens: d_prompt(), max_answer_tokens: d_answer(), overflow: Overflow::Truncate }
+    }
+}
+
+/// The `[eval]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// Evaluate the base model and, after every task, every task of the stream.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// Greedy decoding stops after this many new tokens (O-LoRA: 50).
+    #[serde(default = "d_answer")]
+    pub max_new_tokens: usize,
+}
+
+fn d_true() -> bool {
+    true
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        EvalSection { enabled: true, max_new_tokens: d_answer() }
+    }
+}
+
+/// The `[lora]` section (methods `lora` and `olora`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    /// Adapter rank r.
+    #[serde(default = "d_lora_rank")]
+    pub rank: usize,
+    /// Scale numerator: the adapter adds `(alpha / r) B A`.
+    #[serde(default = "d_lora_alpha")]
+    pub alpha: f64,
+    /// Target regexes (default: the OSFT targets of the family).
+    #[serde(default)]
+    pub targets: Option<Vec<String>>,
+}
+
+fn d_lora_rank() -> usize {
+    8
+}
+fn d_lora_alpha() -> f64 {
+    16.0
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        LoraSection { rank: d_lora_rank(), alpha: d_lora_alpha(), targets: None }
+    }
+}
+
+/// The `[olora]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OloraSection {
+    /// Weight of `Σ |A_t A_iᵀ|` against the earlier tasks' adapters (O-LoRA's λ1).
+    #[serde(default = "d_lambda1")]
+    pub lambda1: f64,
+    /// Weight of the L2 norm of the new adapter (O-LoRA's λ2).
+    #[serde(default)]
+    pub lambda2: f64,
+}
+
+fn d_lambda1() -> f64 {
+    0.5
+}
+
+impl Default for OloraSection {
+    fn default() -> Self {
+        OloraSection { lambda1: d_lambda1(), lambda2: 0.0 }
+    }
+}
+
+/// The `[ewc]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EwcSection {
+    /// Penalty weight λ in `(λ/2) Σ F (θ − θ*)²`.
+    #[serde(default = "d_ewc_lambda")]
+    pub lambda: f64,
+    /// Examples (one per backward pass) used to estimate the diagonal Fisher after each task.
+    #[serde(default = "d_fisher")]
+    pub fisher_examples: usize,
+    /// Online EWC decay: `F ← γ F + F_t`.
+    #[serde(default = "d_gamma")]
+    pub gamma: f64,
+}
+
+fn d_ewc_lambda() -> f64 {
+    100.0
+}
+fn d_fisher() -> usize {
+    64
+}
+fn d_gamma() -> f64 {
+    1.0
+}
+
+impl Default for EwcSection {
+    fn default() -> Self {
+        EwcSection { lambda: d_ewc_lambda(), fisher_examples: d_fisher(), gamma: d_gamma() }
+    }
+}
+
+/// The `[replay]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaySection {
+    /// Training examples kept from every earlier task and mixed into later ones.
+    #[serde(default = "d_replay")]
+    pub examples_per_task: usize,
+}
+
+fn d_replay() -> usize {
+    32
+}
+
+impl Default for ReplaySection {
+    fn default() -> Self {
+        ReplaySection { examples_per_task: d_replay() }
+    }
 }
 
 /// The `[train]` section.
@@ -149,6 +362,28 @@ pub struct RunConfig {
     /// OSFT settings (used when `method = "osft"`).
     #[serde(default)]
     pub osft: OsftConfig,
+    /// Tokenization limits and sampling of the task data.
+    #[serde(default)]
+    pub data: DataSection,
+    /// Evaluation after every task.
+    #[serde(default)]
+    pub eval: EvalSection,
+    /// LoRA adapters (`lora`, `olora`).
+    #[serde(default)]
+    pub lora: LoraSection,
+    /// O-LoRA penalties.
+    #[serde(default)]
+    pub olora: OloraSection,
+    /// EWC penalty.
+    #[serde(default)]
+    pub ewc: EwcSection,
+    /// Replay buffer.
+    #[serde(default)]
+    pub replay: ReplaySection,
+    /// Folder that relative task paths resolve against (default: the config file's folder;
+    /// itself relative to the config file's folder).
+    #[serde(default)]
+    pub data_root: Option<PathBuf>,
     /// The task stream, trained in order.
     pub tasks: Vec<TaskConfig>,
 }
@@ -165,9 +400,19 @@ impl RunConfig {
         };
         resolve(&mut cfg.model);
         resolve(&mut cfg.output);
+        let data_base = match &cfg.data_root {
+            Some(r) if r.is_relative() => base.join(r),
+            Some(r) => r.clone(),
+            None => base.to_path_buf(),
+        };
         for t in &mut cfg.tasks {
-            resolve(&mut t.data);
+            for p in std::iter::once(&mut t.data).chain(t.test.as_mut()) {
+                if p.is_relative() {
+                    *p = data_base.join(&*p);
+                }
+            }
         }
+        cfg.data_root = Some(data_base);
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -208,6 +453,29 @@ impl RunConfig {
         let non_negative = |x: f64| x.is_finite() && x >= 0.0;
         if !(t.eps.is_finite() && t.eps > 0.0) || !non_negative(t.weight_decay) || !non_negative(t.max_grad_norm) {
             return bad("`train.eps` must be > 0 and `train.weight_decay`, `train.max_grad_norm` finite and ≥ 0".into());
+        }
+        if self.data.max_prompt_tokens < 2 || self.data.max_answer_tokens < 1 || self.eval.max_new_tokens < 1 {
+            return bad("`data.max_prompt_tokens` must be ≥ 2, `data.max_answer_tokens` and `eval.max_new_tokens` ≥ 1".into());
+        }
+        if self.data.max_train_examples == Some(0) || self.data.max_eval_examples == Some(0) {
+            return bad("`data.max_train_examples` / `data.max_eval_examples` must be at least 1 when set".into());
+        }
+        if self.lora.rank == 0 || !(self.lora.alpha.is_finite() && self.lora.alpha > 0.0) {
+            return bad(format!("`lora.rank` must be ≥ 1 and `lora.alpha` > 0, got {} and {}", self.lora.rank, self.lora.alpha));
+        }
+        if !non_negative(self.olora.lambda1) || !non_negative(self.olora.lambda2) {
+            return bad("`olora.lambda1` and `olora.lambda2` must be finite and ≥ 0".into());
+        }
+        if !non_negative(self.ewc.lambda) || self.ewc.fisher_examples == 0 || !(0.0..=1.0).contains(&self.ewc.gamma) {
+            return bad("`ewc.lambda` must be ≥ 0, `ewc.fisher_examples` ≥ 1 and `ewc.gamma` in [0, 1]".into());
+        }
+        if self.method == Method::Replay && self.replay.examples_per_task == 0 {
+            return bad("`replay.examples_per_task` must be at least 1".into());
+        }
+        for (i, task) in self.tasks.iter().enumerate() {
+            if matches!(task.format, DataFormat::Olora | DataFormat::Trace) && task.test.is_some() {
+                return bad(format!("`tasks[{i}].test`: the {:?} format reads test.json from the task folder; remove `test`", task.format));
+            }
         }
         self.osft.rank.validate("osft.rank").map_err(|e| TrainError::Config { path: path.to_path_buf(), msg: e.to_string() })?;
         Ok(())

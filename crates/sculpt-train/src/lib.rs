@@ -2,13 +2,20 @@
 //! optimizer, the projected training step, and the task-by-task run that writes a Hugging Face
 //! folder at the end.
 
+pub mod compare;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod lm;
+pub mod methods;
+pub mod metrics;
 pub mod optim;
+pub mod report;
 pub mod run;
 pub mod step;
+pub mod tasks;
 
 pub use config::RunConfig;
 pub use error::{Result, TrainError};
-pub use run::{train, RunSummary};
+pub use metrics::{AccuracyMatrix, Metrics};
+pub use run::{train, train_with, RunOptions, RunResults, RunSummary};

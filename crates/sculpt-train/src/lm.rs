@@ -5,6 +5,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use sculpt_data::Batch;
+use sculpt_models::generate::{greedy_llama, greedy_t5};
 use sculpt_models::layers::{int_tensor, NamedParams};
 use sculpt_models::llama::Llama;
 use sculpt_models::loss::{causal_lm_loss, seq2seq_loss, IGNORE_INDEX};
@@ -27,6 +28,10 @@ pub trait LanguageModel<B: AutodiffBackend>: AutodiffModule<B> + NamedParams<B> 
     /// A forward pass for calibration (layer probes observe it): the whole input for decoder-only
     /// models; for encoder–decoder models the encoder input and one decoder start token.
     fn calibration_forward(&self, batch: &Batch);
+    /// The end-of-sequence id answers end with.
+    fn eos_id(&self) -> u32;
+    /// Greedy continuations of `prompts` (new ids only, EOS kept), without autodiff.
+    fn greedy(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Vec<Vec<u32>>;
 }
 
 impl<B: AutodiffBackend> LanguageModel<B> for Llama<B> {
@@ -58,6 +63,14 @@ impl<B: AutodiffBackend> LanguageModel<B> for Llama<B> {
         let ids = int_tensor::<B, _>(&batch.input_ids, &device);
         let mask = int_tensor::<B, _>(&batch.attention_mask, &device);
         let _ = self.hidden_states(ids, Some(mask), None);
+    }
+    fn eos_id(&self) -> u32 {
+        self.config().eos_token_ids.first().copied().unwrap_or(0)
+    }
+    fn greedy(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Vec<Vec<u32>> {
+        let m = self.valid();
+        let device = self.device();
+        prompts.iter().map(|p| greedy_llama(&m, p, max_new_tokens, &device)).collect()
     }
 }
 
@@ -106,5 +119,13 @@ impl<B: AutodiffBackend> LanguageModel<B> for T5<B> {
         let mask = int_tensor::<B, _>(&batch.attention_mask, &device);
         let start = vec![vec![c.decoder_start_token_id as i64]; batch.input_ids.len()];
         let _ = self.forward(ids, Some(mask), int_tensor::<B, _>(&start, &device));
+    }
+    fn eos_id(&self) -> u32 {
+        self.config().eos_token_id
+    }
+    fn greedy(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Vec<Vec<u32>> {
+        let m = self.valid();
+        let device = self.device();
+        prompts.iter().map(|p| greedy_t5(&m, p, max_new_tokens, &device)).collect()
     }
 }

@@ -1,45 +1,64 @@
-//! A run: load the base model, train the task stream in order (OSFT re-decomposes the merged
-//! weights at the start of every task and merges at its end), and write the outputs:
+//! A run: load the base model, read every task, evaluate the base model, then train the task
+//! stream in order with the configured method, evaluating every task after each one and writing
+//! a checkpoint after each one:
 //!
 //! ```text
-//! <output>/run_config.toml      the resolved config
-//! <output>/metrics.jsonl        one line per step: task, step, loss, grad_norm, lr
-//! <output>/osft_ranks.json      per task: the resolved k of every target and the final leakage
-//! <output>/model/               the final merged model as a Hugging Face folder
+//! <output>/run_config.toml                 the resolved config
+//! <output>/metrics.jsonl                   one line per step: task, step, loss, penalty, grad_norm, lr
+//! <output>/checkpoints/task-NN-<name>/     after task NN: model/ (f32 Hugging Face folder),
+//!                                          state.json (matrix and summaries so far),
+//!                                          method_state/ (EWC Fisher and anchor, O-LoRA A rows)
+//! <output>/results.json                    accuracy matrix, AA / BWT / forgetting / FWT, per task
+//! <output>/report.html                     the self-contained report
+//! <output>/osft_ranks.json                 per task: resolved k of every target, leakage
+//! <output>/model/                          the final model as a Hugging Face folder
 //! ```
+//!
+//! With `resume`, the latest complete checkpoint of `<output>` is loaded and the stream goes on
+//! from the next task; the result is the one an uninterrupted run produces.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::ParamId;
 use burn::tensor::backend::AutodiffBackend;
-use sculpt_data::{read_pretokenized, Batcher};
+use indicatif::{ProgressBar, ProgressStyle};
+use sculpt_data::{exact_match, Batcher, Example};
 use sculpt_models::layers::{NamedParams, ParamRef};
-use sculpt_models::{Model, Pretrained};
+use sculpt_models::{HostTensor, Model, ModelFiles, Pretrained, StoreDtype, TensorMap};
 use sculpt_osft::importance::{measure, CalibrationMask};
 use sculpt_osft::rank::normalize_importance;
 use sculpt_osft::targets::{default_targets, TargetSet};
 use sculpt_osft::{merge, CalibrationSource, Osft, ResolvedTarget};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Method, RunConfig};
 use crate::error::{Result, TrainError};
 use crate::lm::LanguageModel;
+use crate::methods::{adapter_a, append_rows, attach_lora, EwcPenalty, EwcState, OloraPenalty};
+use crate::metrics::{AccuracyMatrix, Metrics};
 use crate::optim::TaskOptimizer;
 use crate::step::{train_step, StepContext};
+use crate::tasks::{load_task, TaskData, TokenizerInfo};
 
-/// What one task did.
-#[derive(Debug, Clone, Serialize)]
+/// What one training phase (a task; for `mtl` the joint run) did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSummary {
-    /// Task name.
+    /// Task name (`mtl`: the names joined with `+`).
     pub name: String,
+    /// Training examples seen per epoch (replay: the task's plus the buffer).
+    pub examples: usize,
     /// Optimizer steps.
     pub steps: usize,
     /// Loss at the first step.
     pub first_loss: f64,
     /// Loss at the last step.
     pub last_loss: f64,
+    /// Wall seconds (setup, training and merge; evaluation excluded).
+    pub train_secs: f64,
+    /// Wall seconds of the evaluation after it.
+    pub eval_secs: f64,
     /// Resolved OSFT ranks (empty for other methods).
     pub ranks: Vec<ResolvedTarget>,
     /// `(max|U_hᵀ U_l|, max|Vt_l Vt_hᵀ|)` at the end of the task (OSFT only).
@@ -48,44 +67,163 @@ pub struct TaskSummary {
     pub calibration: Option<String>,
 }
 
-/// What the run did.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunSummary {
-    /// Per task.
+/// A few predictions, for people reading the results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Task.
+    pub task: String,
+    /// Expected answer.
+    pub answer: String,
+    /// What the model generated.
+    pub prediction: String,
+    /// Exact match after normalisation.
+    pub correct: bool,
+}
+
+/// `results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResults {
+    /// The method.
+    pub method: Method,
+    /// Accuracy matrix.
+    pub matrix: AccuracyMatrix,
+    /// Summary metrics.
+    pub metrics: Metrics,
+    /// Per phase.
     pub tasks: Vec<TaskSummary>,
+    /// Predictions of the final model, the first few per task.
+    pub samples: Vec<Sample>,
+}
+
+/// What the run did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Results (also in `results.json`).
+    pub results: RunResults,
     /// The saved final model.
     pub model_dir: PathBuf,
+    /// The report.
+    pub report: PathBuf,
 }
+
+/// Run options besides the config.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Continue from the latest checkpoint in the output folder.
+    pub resume: bool,
+}
+
+/// `state.json` of a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointState {
+    format: u32,
+    method: Method,
+    task_names: Vec<String>,
+    completed: usize,
+    matrix: AccuracyMatrix,
+    tasks: Vec<TaskSummary>,
+    final_dtype: StoreDtype,
+}
+
+const STATE_FORMAT: u32 = 1;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |e| TrainError::Io { path: path.to_path_buf(), source: e }
 }
 
+fn bar(len: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(ProgressStyle::with_template("{msg:24} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}").expect("template").progress_chars("=> "));
+    pb.set_message(what.to_string());
+    pb
+}
+
 /// Run `cfg` on the device `device` of autodiff backend `B`.
 pub fn train<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<RunSummary> {
+    train_with::<B>(cfg, device, RunOptions::default())
+}
+
+/// The complete checkpoints of a run folder, oldest first: `(completed tasks, folder)`.
+fn checkpoints(output: &Path) -> Vec<(usize, PathBuf)> {
+    let dir = output.join("checkpoints");
+    let mut out = vec![];
+    let Ok(entries) = std::fs::read_dir(&dir) else { return out };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.starts_with("task-") || !p.join("state.json").is_file() || !p.join("model").is_dir() {
+            continue;
+        }
+        match std::fs::read_to_string(p.join("state.json")).ok().and_then(|t| serde_json::from_str::<CheckpointState>(&t).ok()) {
+            Some(s) => out.push((s.completed, p)),
+            None => tracing::warn!(checkpoint = %p.display(), "unreadable state.json; skipping this checkpoint"),
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Run `cfg`, optionally resuming.
+pub fn train_with<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device, opts: RunOptions) -> Result<RunSummary> {
     std::fs::create_dir_all(&cfg.output).map_err(io_err(&cfg.output))?;
     let cfg_path = cfg.output.join("run_config.toml");
-    std::fs::write(&cfg_path, toml::to_string_pretty(cfg).expect("config serialises")).map_err(io_err(&cfg_path))?;
-    let mut pre = Pretrained::<B>::load(&cfg.model, device)?;
-    tracing::info!(family = pre.model.family(), tasks = cfg.tasks.len(), method = ?cfg.method, "run starts");
-    // Take the network out of the Pretrained wrapper, train it, put it back to save.
-    let (model, tasks) = match pre.model {
-        Model::Llama(m) => {
-            let (m, t) = run_stream(m, cfg)?;
-            (Model::Llama(m), t)
+    let cfg_text = toml::to_string_pretty(cfg).expect("config serialises");
+    let resume_from = if opts.resume {
+        let previous = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
+        if previous != cfg_text {
+            return Err(TrainError::Config {
+                path: cfg_path,
+                msg: "the config differs from the one this run was started with; resume with the same config (or start a new output folder)".into(),
+            });
         }
-        Model::T5(m) => {
-            let (m, t) = run_stream(m, cfg)?;
-            (Model::T5(m), t)
+        let found = checkpoints(&cfg.output).pop();
+        if found.is_none() {
+            tracing::warn!(output = %cfg.output.display(), "no complete checkpoint to resume from; starting from the base model");
         }
+        found
+    } else {
+        std::fs::write(&cfg_path, &cfg_text).map_err(io_err(&cfg_path))?;
+        None
     };
-    pre.model = model;
-    let ranks_path = cfg.output.join("osft_ranks.json");
-    std::fs::write(&ranks_path, serde_json::to_string_pretty(&tasks).expect("json")).map_err(io_err(&ranks_path))?;
+    let (model_path, state) = match &resume_from {
+        Some((_, dir)) => {
+            let p = dir.join("state.json");
+            let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
+            let state: CheckpointState = serde_json::from_str(&text).map_err(|e| TrainError::Config { path: p.clone(), msg: e.to_string() })?;
+            let names: Vec<String> = cfg.tasks.iter().map(|t| t.name.clone()).collect();
+            if state.format != STATE_FORMAT || state.method != cfg.method || state.task_names != names {
+                return Err(TrainError::Config { path: p, msg: "this checkpoint belongs to another method or task stream".into() });
+            }
+            tracing::info!(checkpoint = %dir.display(), completed = state.completed, "resuming");
+            (dir.join("model"), Some(state))
+        }
+        None => (cfg.model.clone(), None),
+    };
+    let pre = Pretrained::<B>::load(&model_path, device)?;
+    let files = pre.files();
+    let final_dtype = state.as_ref().map_or(pre.source_dtype, |s| s.final_dtype);
+    tracing::info!(family = pre.model.family(), tasks = cfg.tasks.len(), method = cfg.method.name(), "run starts");
+    let ctx = Ctx { cfg, files: &files, resume: state, resume_dir: resume_from.map(|(_, d)| d), final_dtype };
+    let (export, results) = match pre.model {
+        Model::Llama(m) => run_stream(m, &ctx)?,
+        Model::T5(m) => run_stream(m, &ctx)?,
+    };
     let model_dir = cfg.output.join("model");
-    pre.save(&model_dir, None)?;
+    files.save(&export, &model_dir, Some(final_dtype))?;
     tracing::info!(out = %model_dir.display(), "saved the final model");
-    Ok(RunSummary { tasks, model_dir })
+    let report = cfg.output.join("report.html");
+    let losses = crate::report::read_losses(&cfg.output.join("metrics.jsonl"));
+    let html = crate::report::render(&format!("sculpt: {}", cfg.method.name()), &[crate::report::ReportRun { name: cfg.method.name().into(), results: results.clone(), losses }]);
+    std::fs::write(&report, html).map_err(io_err(&report))?;
+    Ok(RunSummary { results, model_dir, report })
+}
+
+struct Ctx<'a> {
+    cfg: &'a RunConfig,
+    files: &'a ModelFiles,
+    resume: Option<CheckpointState>,
+    resume_dir: Option<PathBuf>,
+    final_dtype: StoreDtype,
 }
 
 /// Parameters that will receive gradients, as `(id, rank)`.
@@ -102,82 +240,320 @@ fn trainable_ids<B: AutodiffBackend, M: NamedParams<B>>(model: &M, osft: Option<
     ids
 }
 
-fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cfg: &RunConfig) -> Result<(M, Vec<TaskSummary>)> {
+/// Greedy-decode every evaluation example of `task`; `None` when it has none.
+fn evaluate<B: AutodiffBackend, M: LanguageModel<B>>(model: &M, task: &TaskData, cx: &Ctx<'_>, samples: Option<&mut Vec<Sample>>) -> Result<Option<f64>> {
+    if task.eval.is_empty() {
+        return Ok(None);
+    }
+    let pb = bar(task.eval.len(), &format!("eval {}", task.name));
+    let mut correct = 0usize;
+    let mut kept = vec![];
+    for chunk in task.eval.chunks(16) {
+        let prompts: Vec<Vec<u32>> = chunk.iter().map(|e| e.prompt_ids.clone()).collect();
+        let outs = model.greedy(&prompts, cx.cfg.eval.max_new_tokens);
+        for (e, out) in chunk.iter().zip(outs) {
+            let text = cx.files.tokenizer.decode(&out, true).map_err(|err| TrainError::Config { path: cx.files.source.clone(), msg: format!("tokenizer decode: {err}") })?;
+            let ok = exact_match(&text, &e.answer);
+            correct += usize::from(ok);
+            if kept.len() < 5 {
+                kept.push(Sample { task: task.name.clone(), answer: e.answer.clone(), prediction: text, correct: ok });
+            }
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    if let Some(s) = samples {
+        s.extend(kept);
+    }
+    Ok(Some(correct as f64 / task.eval.len() as f64))
+}
+
+fn evaluate_all<B: AutodiffBackend, M: LanguageModel<B>>(
+    model: &M,
+    tasks: &[TaskData],
+    matrix: &mut AccuracyMatrix,
+    column: usize,
+    cx: &Ctx<'_>,
+    mut samples: Option<&mut Vec<Sample>>,
+) -> Result<()> {
+    if !cx.cfg.eval.enabled {
+        return Ok(());
+    }
+    for (i, t) in tasks.iter().enumerate() {
+        matrix.acc[i][column] = evaluate(model, t, cx, samples.as_deref_mut())?;
+        if let Some(a) = matrix.acc[i][column] {
+            tracing::info!(task = %t.name, point = column, accuracy = a, "evaluated");
+        }
+    }
+    Ok(())
+}
+
+/// The host tensors of the method state, as a tensor map (`ewc.fisher.*`, `ewc.anchor.*`, `olora.*`).
+fn method_state_map(ewc: &EwcState, olora: &BTreeMap<String, HostTensor>) -> TensorMap {
+    let mut map = TensorMap::new("method_state");
+    for (n, t) in &ewc.fisher {
+        map.insert(format!("ewc.fisher.{n}"), t.clone());
+    }
+    for (n, t) in &ewc.anchor {
+        map.insert(format!("ewc.anchor.{n}"), t.clone());
+    }
+    for (n, t) in olora {
+        map.insert(format!("olora.{n}"), t.clone());
+    }
+    map
+}
+
+fn restore_method_state(dir: &Path) -> Result<(EwcState, BTreeMap<String, HostTensor>)> {
+    let mut ewc = EwcState::default();
+    let mut olora = BTreeMap::new();
+    if !dir.join("model.safetensors").is_file() {
+        return Ok((ewc, olora));
+    }
+    let map = sculpt_models::safetensors_io::read_folder(dir)?;
+    for (name, t) in map.tensors {
+        if let Some(n) = name.strip_prefix("ewc.fisher.") {
+            ewc.fisher.insert(n.to_string(), t);
+        } else if let Some(n) = name.strip_prefix("ewc.anchor.") {
+            ewc.anchor.insert(n.to_string(), t);
+        } else if let Some(n) = name.strip_prefix("olora.") {
+            olora.insert(n.to_string(), t);
+        }
+    }
+    Ok((ewc, olora))
+}
+
+/// Write the checkpoint after `completed` phases: assembled in a hidden folder, then renamed.
+fn write_checkpoint<B: AutodiffBackend, M: LanguageModel<B>>(
+    cx: &Ctx<'_>,
+    model: &M,
+    state: &CheckpointState,
+    ewc: &EwcState,
+    olora: &BTreeMap<String, HostTensor>,
+) -> Result<PathBuf> {
+    let root = cx.cfg.output.join("checkpoints");
+    std::fs::create_dir_all(&root).map_err(io_err(&root))?;
+    let label = state.tasks.last().map(|t| t.name.replace(['/', '+', ' '], "_")).unwrap_or_default();
+    let name = format!("task-{:02}-{label}", state.completed);
+    let dir = root.join(&name);
+    let tmp = root.join(format!(".{name}.partial"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    cx.files.save(&model.export(), &tmp.join("model"), Some(StoreDtype::F32))?;
+    let ms = method_state_map(ewc, olora);
+    if !ms.tensors.is_empty() {
+        let p = tmp.join("method_state");
+        std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+        sculpt_models::safetensors_io::write_folder(&p, &ms, StoreDtype::F32, sculpt_models::pretrained::DEFAULT_MAX_SHARD_BYTES)?;
+    }
+    let sp = tmp.join("state.json");
+    std::fs::write(&sp, serde_json::to_string_pretty(state).expect("json")).map_err(io_err(&sp))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+    Ok(dir)
+}
+
+/// The examples of phase `ti`: the task's, plus (replay) a seeded sample of every earlier task's,
+/// or (mtl) every task's.
+fn phase_examples(cfg: &RunConfig, tasks: &[TaskData], ti: usize) -> Vec<Example> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    match cfg.method {
+        Method::Mtl => tasks.iter().flat_map(|t| t.train.iter().cloned()).collect(),
+        Method::Replay => {
+            let mut xs = tasks[ti].train.clone();
+            for (j, t) in tasks[..ti].iter().enumerate() {
+                let mut pool = t.train.clone();
+                pool.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(5000 + j as u64)));
+                xs.extend(pool.into_iter().take(cfg.replay.examples_per_task));
+            }
+            xs
+        }
+        _ => tasks[ti].train.clone(),
+    }
+}
+
+fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_>) -> Result<(TensorMap, RunResults)> {
+    let cfg = cx.cfg;
+    let info = TokenizerInfo {
+        tokenizer: &cx.files.tokenizer,
+        decoder_only: model.decoder_only(),
+        eos: model.eos_id(),
+        vocab: model.vocab_size(),
+        chat_template: cx
+            .files
+            .sidecar("tokenizer_config.json")
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+            .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(str::to_string)),
+        bos_token: special_token(cx.files, "bos_token"),
+        eos_token: special_token(cx.files, "eos_token"),
+    };
+    let t_load = std::time::Instant::now();
+    let tasks: Vec<TaskData> = cfg.tasks.iter().enumerate().map(|(i, t)| load_task(&info, t, cfg, i)).collect::<Result<_>>()?;
+    tracing::info!(secs = t_load.elapsed().as_secs_f32(), "read {} tasks ({} training / {} evaluation examples)", tasks.len(), tasks.iter().map(|t| t.train.len()).sum::<usize>(), tasks.iter().map(|t| t.eval.len()).sum::<usize>());
+    let names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
+    let n_tasks = tasks.len();
+    let phases = if cfg.method == Method::Mtl { 1 } else { n_tasks };
+
     let metrics_path = cfg.output.join("metrics.jsonl");
-    let mut metrics = std::io::BufWriter::new(std::fs::File::create(&metrics_path).map_err(io_err(&metrics_path))?);
-    let mut summaries = vec![];
+    let (mut matrix, mut summaries, start, mut ewc, mut olora_prev) = match &cx.resume {
+        Some(s) => {
+            let (ewc, olora) = restore_method_state(&cx.resume_dir.as_ref().expect("resume dir").join("method_state"))?;
+            // Keep the metrics of the completed phases only, so the file equals an uninterrupted run's.
+            let kept: String = std::fs::read_to_string(&metrics_path)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["task_index"].as_u64()).is_some_and(|t| (t as usize) < s.completed))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::write(&metrics_path, kept).map_err(io_err(&metrics_path))?;
+            (s.matrix.clone(), s.tasks.clone(), s.completed, ewc, olora)
+        }
+        None => {
+            std::fs::write(&metrics_path, "").map_err(io_err(&metrics_path))?;
+            (AccuracyMatrix::new(names.clone()), vec![], 0, EwcState::default(), BTreeMap::new())
+        }
+    };
+    let mut metrics = std::io::BufWriter::new(std::fs::OpenOptions::new().append(true).open(&metrics_path).map_err(io_err(&metrics_path))?);
+    if start == 0 {
+        evaluate_all(&model, &tasks, &mut matrix, 0, cx, None)?;
+    }
     let needs_importance = cfg.method == Method::Osft && Osft::<B>::needs_importance(&cfg.osft)?;
-    let mut previous: Option<(String, Vec<sculpt_data::Example>)> = None;
-    for (ti, task) in cfg.tasks.iter().enumerate() {
-        let examples = read_pretokenized(&task.data, model.decoder_only(), model.vocab_size())?;
+    let patterns = |own: &Option<Vec<String>>| own.clone().or_else(|| cfg.osft.targets.clone()).unwrap_or_else(|| default_targets(model.family()));
+    let lora_targets = TargetSet::new(&patterns(&cfg.lora.targets))?;
+
+    for ti in start..phases {
+        let t0 = std::time::Instant::now();
+        let phase_name = if cfg.method == Method::Mtl { names.join("+") } else { names[ti].clone() };
+        let examples = phase_examples(cfg, &tasks, ti);
         let mut calibration = None;
         let importance = if needs_importance {
-            let (source_name, source) = match (cfg.osft.calibration.source, &previous) {
-                (CalibrationSource::Previous, Some((n, e))) => (n.clone(), e.clone()),
-                _ => (task.name.clone(), examples.clone()),
+            let source = match (cfg.osft.calibration.source, ti) {
+                (CalibrationSource::Previous, t) if t > 0 => &tasks[t - 1],
+                _ => &tasks[ti],
             };
-            let (imp, note) = measure_importance(&mut model, cfg, &source_name, source)?;
+            let (imp, note) = measure_importance(&mut model, cfg, &source.name, source.train.clone())?;
             calibration = Some(note);
             Some(imp)
         } else {
             None
         };
-        previous = Some((task.name.clone(), examples.clone()));
         let n_examples = examples.len();
-        let mut batcher =
-            Batcher::new(examples, cfg.train.batch_size, model.pad_id(), cfg.train.shuffle.then(|| cfg.seed.wrapping_add(ti as u64)));
+        let shuffle = cfg.train.shuffle || matches!(cfg.method, Method::Mtl | Method::Replay);
+        let mut batcher = Batcher::new(examples, cfg.train.batch_size, model.pad_id(), shuffle.then(|| cfg.seed.wrapping_add(ti as u64)));
         let mut steps = cfg.train.epochs * batcher.batches_per_epoch();
         if let Some(max) = cfg.train.max_steps {
             steps = steps.min(max);
         }
-        let t0 = std::time::Instant::now();
-        let osft = match cfg.method {
+        // Method setup: which parameters train, which decay, which penalty applies.
+        let device = model.device();
+        let mut osft = None;
+        let (trainable, decayed): (Vec<(ParamId, usize)>, BTreeSet<ParamId>) = match cfg.method {
             Method::Osft => {
+                let spinner = ProgressBar::new_spinner().with_message(format!("decomposing ({phase_name})"));
+                spinner.enable_steady_tick(std::time::Duration::from_millis(200));
                 let family = model.family();
                 let (m, o) = Osft::attach(model, &cfg.osft, family, importance.as_ref())?;
+                spinner.finish_and_clear();
                 model = m;
-                tracing::info!(task = %task.name, targets = o.resolved().len(), secs = t0.elapsed().as_secs_f32(), "decomposed");
-                Some(o)
+                tracing::info!(task = %phase_name, targets = o.resolved().len(), secs = t0.elapsed().as_secs_f32(), "decomposed");
+                let trainable = trainable_ids(&model, Some(&o));
+                // OSFT decays the low factors only: decaying anything else would move the frozen subspace.
+                let decayed = o.low_param_ids().into_iter().map(|(id, _)| id).collect();
+                osft = Some(o);
+                (trainable, decayed)
             }
-            Method::Seqft => None,
+            Method::Lora | Method::Olora => {
+                let (m, ids) = attach_lora(model, &lora_targets, cfg.lora.rank, cfg.lora.alpha, cfg.seed.wrapping_add(7919 * (ti as u64 + 1)));
+                model = m;
+                let decayed = ids.iter().map(|(id, _)| *id).collect();
+                (ids, decayed)
+            }
+            Method::Seqft | Method::Ewc | Method::Replay | Method::Mtl => {
+                let ids = trainable_ids(&model, None);
+                let decayed = ids.iter().map(|(id, _)| *id).collect();
+                (ids, decayed)
+            }
         };
-        let trainable = trainable_ids(&model, osft.as_ref());
-        // Weight decay: OSFT decays the low factors only (decaying anything else would move the
-        // frozen subspace); plain fine-tuning decays every parameter.
-        let decayed: BTreeSet<ParamId> = match &osft {
-            Some(o) => o.low_param_ids().into_iter().map(|(id, _)| id).collect(),
-            None => trainable.iter().map(|(id, _)| *id).collect(),
+        let olora_pen = (cfg.method == Method::Olora).then(|| OloraPenalty::<B>::new(&olora_prev, cfg.olora.lambda1, cfg.olora.lambda2, &device));
+        let ewc_pen = (cfg.method == Method::Ewc).then(|| EwcPenalty::<B>::new(&ewc, cfg.ewc.lambda, &device));
+        let penalty = |m: &mut M| -> Option<burn::tensor::Tensor<B, 1>> {
+            match (&olora_pen, &ewc_pen) {
+                (Some(p), _) => p.value(m),
+                (_, Some(p)) => p.value(m),
+                _ => None,
+            }
         };
         let mut opt = TaskOptimizer::<M, B>::new(&cfg.train, decayed);
-        let cx = StepContext { osft: osft.as_ref(), trainable: &trainable, lr: cfg.train.lr, max_grad_norm: cfg.train.max_grad_norm, task: &task.name };
-        tracing::info!(task = %task.name, examples = n_examples, steps, "training");
+        let scx = StepContext { osft: osft.as_ref(), trainable: &trainable, lr: cfg.train.lr, max_grad_norm: cfg.train.max_grad_norm, task: &phase_name };
+        tracing::info!(task = %phase_name, examples = n_examples, steps, "training");
+        let pb = bar(steps, &format!("train {phase_name}"));
         let (mut first, mut last) = (f64::NAN, f64::NAN);
         for step in 0..steps {
             let batch = batcher.next_batch();
-            let (m, stats) = train_step(model, &batch, &mut opt, &cx, step)?;
+            let (m, stats) = train_step(model, &batch, &mut opt, &scx, step, Some(&penalty))?;
             model = m;
             if step == 0 {
                 first = stats.loss;
             }
             last = stats.loss;
-            let line = serde_json::json!({"task": task.name, "task_index": ti, "step": step, "loss": stats.loss, "grad_norm": stats.grad_norm, "lr": cfg.train.lr});
+            let line = serde_json::json!({"task": phase_name, "task_index": ti, "step": step, "loss": stats.loss, "penalty": stats.penalty, "grad_norm": stats.grad_norm, "lr": cfg.train.lr});
             writeln!(metrics, "{line}").map_err(io_err(&metrics_path))?;
-            if step % 10 == 0 || step + 1 == steps {
-                tracing::info!(task = %task.name, step, loss = stats.loss, grad_norm = stats.grad_norm, "step");
+            pb.inc(1);
+            if step % 50 == 0 || step + 1 == steps {
+                tracing::debug!(task = %phase_name, step, loss = stats.loss, grad_norm = stats.grad_norm, "step");
             }
         }
+        pb.finish_and_clear();
         metrics.flush().map_err(io_err(&metrics_path))?;
+        // Task end: merge adapters / factors back into dense weights, update method state.
         let leakage = osft.as_ref().map(|o| o.leakage(&mut model));
         let ranks = osft.as_ref().map(|o| o.resolved()).unwrap_or_default();
-        if osft.is_some() {
-            merge(&mut model);
+        match cfg.method {
+            Method::Osft | Method::Lora => merge(&mut model),
+            Method::Olora => {
+                append_rows(&mut olora_prev, adapter_a(&mut model));
+                merge(&mut model);
+            }
+            Method::Ewc => ewc.update(&model, &tasks[ti].train, cfg.ewc.fisher_examples, cfg.ewc.gamma),
+            _ => {}
         }
-        tracing::info!(task = %task.name, first_loss = first, last_loss = last, ?leakage, secs = t0.elapsed().as_secs_f32(), "task done");
-        summaries.push(TaskSummary { name: task.name.clone(), steps, first_loss: first, last_loss: last, ranks, leakage, calibration });
+        let train_secs = t0.elapsed().as_secs_f64();
+        tracing::info!(task = %phase_name, first_loss = first, last_loss = last, ?leakage, secs = train_secs as f32, "task trained");
+        let t1 = std::time::Instant::now();
+        let column = if cfg.method == Method::Mtl { n_tasks } else { ti + 1 };
+        evaluate_all(&model, &tasks, &mut matrix, column, cx, None)?;
+        summaries.push(TaskSummary { name: phase_name, examples: n_examples, steps, first_loss: first, last_loss: last, train_secs, eval_secs: t1.elapsed().as_secs_f64(), ranks, leakage, calibration });
+        let state = CheckpointState { format: STATE_FORMAT, method: cfg.method, task_names: names.clone(), completed: ti + 1, matrix: matrix.clone(), tasks: summaries.clone(), final_dtype: cx.final_dtype };
+        let dir = write_checkpoint(cx, &model, &state, &ewc, &olora_prev)?;
+        tracing::info!(checkpoint = %dir.display(), "checkpoint written");
     }
-    // After the stream the model holds plain dense weights again; nothing more is trained.
-    let model = model.no_grad();
-    Ok((model, summaries))
+    // Final predictions for the record.
+    let mut samples = vec![];
+    if cfg.eval.enabled {
+        for t in &tasks {
+            let few = TaskData { name: t.name.clone(), train: vec![], eval: t.eval.iter().take(5).cloned().collect() };
+            evaluate(&model, &few, cx, Some(&mut samples))?;
+        }
+    }
+    let ranks_path = cfg.output.join("osft_ranks.json");
+    std::fs::write(&ranks_path, serde_json::to_string_pretty(&summaries).expect("json")).map_err(io_err(&ranks_path))?;
+    let results = RunResults { method: cfg.method, metrics: matrix.metrics(), matrix, tasks: summaries, samples };
+    let rp = cfg.output.join("results.json");
+    std::fs::write(&rp, serde_json::to_string_pretty(&results).expect("json")).map_err(io_err(&rp))?;
+    Ok((model.no_grad().export(), results))
+}
+
+fn special_token(files: &ModelFiles, key: &str) -> String {
+    let from_config = files.sidecar("tokenizer_config.json").and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok()).and_then(|v| match &v[key] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        _ => None,
+    });
+    from_config.unwrap_or_else(|| if key == "bos_token" { "<s>".into() } else { "</s>".into() })
 }
 
 /// Measure normalised layer importances on the first `osft.calibration.examples` examples of
@@ -186,8 +562,8 @@ fn measure_importance<B: AutodiffBackend, M: LanguageModel<B>>(
     model: &mut M,
     cfg: &RunConfig,
     source_name: &str,
-    mut source: Vec<sculpt_data::Example>,
-) -> Result<(std::collections::BTreeMap<String, f64>, String)> {
+    mut source: Vec<Example>,
+) -> Result<(BTreeMap<String, f64>, String)> {
     let cal = &cfg.osft.calibration;
     source.truncate(cal.examples.max(1));
     let n = source.len();

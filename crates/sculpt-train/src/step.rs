@@ -16,8 +16,10 @@ use crate::optim::TaskOptimizer;
 /// What a step reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepStats {
-    /// Loss before the update.
+    /// Task loss before the update (without any method penalty).
     pub loss: f64,
+    /// The method's penalty term (EWC, O-LoRA), 0 when none.
+    pub penalty: f64,
     /// Global gradient norm after projection, before clipping.
     pub grad_norm: f64,
     /// Seconds spent in the two projections (device synchronised around them).
@@ -62,19 +64,31 @@ fn scale<B: AutodiffBackend>(grads: &mut GradientsParams, id: ParamId, rank: usi
     }
 }
 
-/// One optimizer step on `batch`.
+/// A method's extra loss term on the current parameters (EWC, O-LoRA); `None` adds nothing.
+pub type Penalty<'a, B, M> = &'a dyn Fn(&mut M) -> Option<burn::tensor::Tensor<B, 1>>;
+
+/// One optimizer step on `batch`; `penalty` (when given) is added to the loss.
 pub fn train_step<B: AutodiffBackend, M: LanguageModel<B>>(
-    model: M,
+    mut model: M,
     batch: &Batch,
     opt: &mut TaskOptimizer<M, B>,
     cx: &StepContext<'_, B>,
     step: usize,
+    penalty: Option<Penalty<'_, B, M>>,
 ) -> Result<(M, StepStats)> {
     // forward → loss
-    let loss = model.loss(batch);
+    let mut loss = model.loss(batch);
     let loss_value = loss.clone().into_scalar().elem::<f64>();
     if !loss_value.is_finite() {
         return Err(TrainError::NonFinite { task: cx.task.into(), step, what: format!("loss ({loss_value})") });
+    }
+    let mut penalty_value = 0.0;
+    if let Some(term) = penalty.and_then(|f| f(&mut model)) {
+        penalty_value = term.clone().into_scalar().elem::<f64>();
+        if !penalty_value.is_finite() {
+            return Err(TrainError::NonFinite { task: cx.task.into(), step, what: format!("penalty ({penalty_value})") });
+        }
+        loss = loss + term;
     }
     // backward
     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -111,5 +125,5 @@ pub fn train_step<B: AutodiffBackend, M: LanguageModel<B>>(
         let _ = B::sync(&device);
         projection_secs += t.elapsed().as_secs_f64();
     }
-    Ok((model, StepStats { loss: loss_value, grad_norm: norm, projection_secs }))
+    Ok((model, StepStats { loss: loss_value, penalty: penalty_value, grad_norm: norm, projection_secs }))
 }
