@@ -111,6 +111,27 @@ fn greedy_generation_matches_transformers() {
     }
 }
 
+/// Batched greedy decoding (left padding for LLaMA, right padding for T5's encoder) gives every
+/// row the continuation it gets alone, for prompts of different lengths.
+#[test]
+fn batched_greedy_equals_one_prompt_at_a_time() {
+    use sculpt_models::generate::{greedy_llama, greedy_llama_batch, greedy_t5, greedy_t5_batch};
+    let device = Default::default();
+    for name in LLAMAS.iter().chain(T5S) {
+        let m = Pretrained::<Cpu>::load(&tiny_fixture(name), &device).unwrap();
+        let prompts: Vec<Vec<u32>> = [3usize, 9, 1, 14, 6]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| (7 + 13 * i as u32 + 29 * j as u32) % 90 + 5).collect())
+            .collect();
+        let (batched, single): (Vec<Vec<u32>>, Vec<Vec<u32>>) = match &m.model {
+            Model::Llama(l) => (greedy_llama_batch(l, &prompts, 8, &device), prompts.iter().map(|p| greedy_llama(l, p, 8, &device)).collect()),
+            Model::T5(t) => (greedy_t5_batch(t, &prompts, 8, &device), prompts.iter().map(|p| greedy_t5(t, p, 8, &device)).collect()),
+        };
+        assert_eq!(batched, single, "{name}");
+    }
+}
+
 #[test]
 fn kv_cache_gives_the_same_logits_as_a_full_forward() {
     let device = Default::default();

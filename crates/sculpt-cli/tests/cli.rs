@@ -225,3 +225,21 @@ fn t5_trains_with_osft_on_pretokenized_seq2seq_data() {
     let gen = sculpt().args(["generate", "--model"]).arg(dir.path().join("run/model")).args(["--prompt", "hello", "--max-new-tokens", "3"]).output().unwrap();
     assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
 }
+
+/// `sculpt demo`, the README's main command: generates everything, runs both methods, prints
+/// the two matrices and the summary table, writes the report.
+#[test]
+fn demo_runs_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sculpt().args(["demo", "--output"]).arg(dir.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    for want in ["osft: AA", "seqft: AA", "after 3", "method", "BWT", "report written to"] {
+        assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
+    }
+    assert!(dir.path().join("runs/report.html").is_file());
+    assert!(dir.path().join("runs/osft/checkpoints").is_dir());
+    let bad = sculpt().args(["demo", "--methods", "osft,magic", "--output"]).arg(dir.path()).output().unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown method \"magic\""));
+}

@@ -107,9 +107,23 @@ pub fn split_file(dir: &Path, split: Split) -> Result<PathBuf> {
     Err(DataError::Io { path: full, source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file (nor a .head.json sample)") })
 }
 
-/// Read one split of an O-LoRA CL_Benchmark task folder (`…/<TaskKey>/<dataset>/`). Labels must
-/// be listed in `labels.json`; rows whose label is not (MNLI's `-`) are an error naming the row.
-pub fn read_olora(dir: &Path, split: Split) -> Result<Vec<TextExample>> {
+/// What to do with a row whose label is not in `labels.json` (MNLI's test set has 131 rows
+/// labelled `-`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownLabels {
+    /// An error naming the file and row.
+    #[default]
+    Error,
+    /// Drop the row.
+    Skip,
+    /// Keep it (its answer can never be matched: O-LoRA's evaluation counts such rows as wrong).
+    Keep,
+}
+
+/// Read one split of an O-LoRA CL_Benchmark task folder (`…/<TaskKey>/<dataset>/`). Labels
+/// should be listed in `labels.json`; `unknown` says what happens to rows whose label is not.
+pub fn read_olora(dir: &Path, split: Split, unknown: UnknownLabels) -> Result<Vec<TextExample>> {
     let labels_path = dir.join("labels.json");
     let labels: Vec<String> = parse_json(&labels_path)?;
     if labels.is_empty() {
@@ -122,11 +136,15 @@ pub fn read_olora(dir: &Path, split: Split) -> Result<Vec<TextExample>> {
     let mut out = Vec::with_capacity(rows.len());
     for (i, row) in rows.into_iter().enumerate() {
         if !labels.contains(&row.label) {
-            return Err(DataError::Line {
+            match unknown {
+                UnknownLabels::Skip => continue,
+                UnknownLabels::Keep => {}
+                UnknownLabels::Error => return Err(DataError::Line {
                 path: path.clone(),
                 line: 0,
-                msg: format!("row {i}: label {:?} is not one of labels.json {:?}", row.label, labels),
-            });
+                msg: format!("row {i}: label {:?} is not one of labels.json {:?} (set `data.unknown_labels` to \"skip\" or \"keep\" to accept it)", row.label, labels),
+            }),
+            }
         }
         out.push(TextExample { prompt: olora_prompt(&task_key, &dataset, &labels, &row.sentence), answer: row.label });
     }
@@ -261,13 +279,15 @@ mod tests {
         std::fs::write(task.join("labels.json"), r#"["Good", "Bad"]"#).unwrap();
         std::fs::write(task.join("train.json"), r#"[{"sentence": "fine film", "label": "Good"}]"#).unwrap();
         std::fs::write(task.join("test.json"), r#"[{"sentence": "x", "label": "Meh"}]"#).unwrap();
-        let train = read_olora(&task, Split::Train).unwrap();
+        let train = read_olora(&task, Split::Train, UnknownLabels::Error).unwrap();
         assert_eq!(train[0].answer, "Good");
         assert!(train[0].prompt.starts_with("Task:SC\nDataset:toy\nWhat is the sentiment"), "{}", train[0].prompt);
-        let e = read_olora(&task, Split::Test).unwrap_err().to_string();
+        let e = read_olora(&task, Split::Test, UnknownLabels::Error).unwrap_err().to_string();
         assert!(e.contains("test.json") && e.contains("row 0") && e.contains("Meh"), "{e}");
+        assert_eq!(read_olora(&task, Split::Test, UnknownLabels::Keep).unwrap()[0].answer, "Meh");
+        assert!(matches!(read_olora(&task, Split::Test, UnknownLabels::Skip), Err(DataError::Empty { .. })));
         std::fs::write(task.join("test.json"), r#"[{"sentence": "x"}]"#).unwrap();
-        let e = read_olora(&task, Split::Test).unwrap_err().to_string();
+        let e = read_olora(&task, Split::Test, UnknownLabels::Error).unwrap_err().to_string();
         assert!(e.contains("test.json") && e.contains("label"), "{e}");
     }
 

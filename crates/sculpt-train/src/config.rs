@@ -96,6 +96,9 @@ pub struct TaskConfig {
     /// `test.json`.
     #[serde(default)]
     pub test: Option<PathBuf>,
+    /// Passes over this task's data (default: `train.epochs`).
+    #[serde(default)]
+    pub epochs: Option<usize>,
 }
 
 /// What to do with a prompt or answer longer than its limit.
@@ -128,6 +131,9 @@ pub struct DataSection {
     /// Longer sequences are truncated or rejected.
     #[serde(default)]
     pub overflow: Overflow,
+    /// O-LoRA rows whose label is not in `labels.json`: `error`, `skip` or `keep`.
+    #[serde(default)]
+    pub unknown_labels: sculpt_data::text::UnknownLabels,
 }
 
 fn d_prompt() -> usize {
@@ -139,7 +145,7 @@ fn d_answer() -> usize {
 
 impl Default for DataSection {
     fn default() -> Self {
-        DataSection { max_train_examples: None, max_eval_examples: None, max_prompt_tokens: d_prompt(), max_answer_tokens: d_answer(), overflow: Overflow::Truncate }
+        DataSection { max_train_examples: None, max_eval_examples: None, max_prompt_tokens: d_prompt(), max_answer_tokens: d_answer(), overflow: Overflow::Truncate, unknown_labels: Default::default() }
     }
 }
 
@@ -473,6 +479,9 @@ impl RunConfig {
             return bad("`replay.examples_per_task` must be at least 1".into());
         }
         for (i, task) in self.tasks.iter().enumerate() {
+            if task.epochs == Some(0) {
+                return bad(format!("`tasks[{i}].epochs` must be at least 1"));
+            }
             if matches!(task.format, DataFormat::Olora | DataFormat::Trace) && task.test.is_some() {
                 return bad(format!("`tasks[{i}].test`: the {:?} format reads test.json from the task folder; remove `test`", task.format));
             }
@@ -525,5 +534,31 @@ mod tests {
             let e = RunConfig::from_toml(Path::new("run.toml"), &text).unwrap_err().to_string();
             assert!(e.contains(want) && e.contains("run.toml"), "{text}\n→ {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod shipped_configs {
+    use super::*;
+
+    /// Every config under `configs/` parses and validates.
+    #[test]
+    fn every_shipped_config_parses() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut stack = vec![root];
+        let mut n = 0;
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "toml") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    RunConfig::from_toml(&p, &text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                    n += 1;
+                }
+            }
+        }
+        assert!(n >= 12, "found only {n} configs");
     }
 }

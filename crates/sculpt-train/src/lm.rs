@@ -5,7 +5,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use sculpt_data::Batch;
-use sculpt_models::generate::{greedy_llama, greedy_t5};
+use sculpt_models::generate::{greedy_llama_batch, greedy_t5_batch};
 use sculpt_models::layers::{int_tensor, NamedParams};
 use sculpt_models::llama::Llama;
 use sculpt_models::loss::{causal_lm_loss, seq2seq_loss, IGNORE_INDEX};
@@ -70,7 +70,7 @@ impl<B: AutodiffBackend> LanguageModel<B> for Llama<B> {
     fn greedy(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Vec<Vec<u32>> {
         let m = self.valid();
         let device = self.device();
-        prompts.iter().map(|p| greedy_llama(&m, p, max_new_tokens, &device)).collect()
+        greedy_llama_batch(&m, prompts, max_new_tokens, &device)
     }
 }
 
@@ -126,6 +126,6 @@ impl<B: AutodiffBackend> LanguageModel<B> for T5<B> {
     fn greedy(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Vec<Vec<u32>> {
         let m = self.valid();
         let device = self.device();
-        prompts.iter().map(|p| greedy_t5(&m, p, max_new_tokens, &device)).collect()
+        greedy_t5_batch(&m, prompts, max_new_tokens, &device)
     }
 }

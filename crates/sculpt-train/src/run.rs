@@ -444,7 +444,11 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
         let n_examples = examples.len();
         let shuffle = cfg.train.shuffle || matches!(cfg.method, Method::Mtl | Method::Replay);
         let mut batcher = Batcher::new(examples, cfg.train.batch_size, model.pad_id(), shuffle.then(|| cfg.seed.wrapping_add(ti as u64)));
-        let mut steps = cfg.train.epochs * batcher.batches_per_epoch();
+        let epochs = match cfg.method {
+            Method::Mtl => cfg.train.epochs,
+            _ => cfg.tasks[ti].epochs.unwrap_or(cfg.train.epochs),
+        };
+        let mut steps = epochs * batcher.batches_per_epoch();
         if let Some(max) = cfg.train.max_steps {
             steps = steps.min(max);
         }

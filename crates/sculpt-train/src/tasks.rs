@@ -201,7 +201,7 @@ pub fn load_task(info: &TokenizerInfo<'_>, task: &TaskConfig, cfg: &RunConfig, i
             (sample(train, limits.max_train_examples, seed), eval)
         }
         DataFormat::Olora | DataFormat::Trace => {
-            let read = |split| if task.format == DataFormat::Olora { read_olora(&task.data, split) } else { read_trace(&task.data, split) };
+            let read = |split| if task.format == DataFormat::Olora { read_olora(&task.data, split, limits.unknown_labels) } else { read_trace(&task.data, split) };
             let train_text = sample(read(Split::Train)?, limits.max_train_examples, seed);
             let test_text = sample(read(Split::Test)?, limits.max_eval_examples, seed + 1);
             let train_path = sculpt_data::text::split_file(&task.data, Split::Train)?;

@@ -1,0 +1,198 @@
+//! The continual-learning pipeline end to end on tiny models: a 3-task stream runs with every
+//! method, the accuracy matrix has the right shape and range, the report is written, resuming
+//! from the task-2 checkpoint reproduces the uninterrupted run exactly (matrix, metrics and final
+//! weights), and the text formats (O-LoRA CL_Benchmark, TRACE) go through tokenization,
+//! training and evaluation for both families.
+
+use std::path::Path;
+
+use burn::backend::{Autodiff, Flex};
+use sculpt::{repo_root, tiny_fixture};
+use sculpt_train::config::Method;
+use sculpt_train::{train_with, RunConfig, RunOptions};
+
+type Ad = Autodiff<Flex>;
+
+/// The demo stream, shortened to `epochs` passes, written under `dir`.
+fn demo(dir: &Path, epochs: usize) -> RunConfig {
+    let mut cfg = sculpt_train::demo::prepare(dir).unwrap();
+    cfg.train.epochs = epochs;
+    cfg
+}
+
+fn check_matrix(r: &sculpt_train::RunResults, method: Method) {
+    let m = &r.matrix;
+    assert_eq!(m.tasks, ["cipher-a", "cipher-b", "cipher-c"]);
+    assert_eq!(m.acc.len(), 3);
+    for row in &m.acc {
+        assert_eq!(row.len(), 4);
+        for v in row.iter().flatten() {
+            assert!((0.0..=1.0).contains(v), "{method:?}: accuracy {v}");
+        }
+    }
+    // Base column and the final column are always evaluated; mtl has no intermediate points.
+    for i in 0..3 {
+        assert!(m.acc[i][0].is_some() && m.acc[i][3].is_some(), "{method:?}");
+        for c in 1..3 {
+            assert_eq!(m.acc[i][c].is_some(), method != Method::Mtl, "{method:?} [{i}][{c}]");
+        }
+    }
+    assert!(r.metrics.aa.is_some());
+    assert_eq!(r.tasks.len(), if method == Method::Mtl { 1 } else { 3 });
+}
+
+#[test]
+fn every_method_runs_the_stream_and_writes_matrix_checkpoints_and_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = demo(dir.path(), 2);
+    for method in Method::ALL {
+        let mut cfg = base.clone();
+        cfg.method = method;
+        cfg.output = dir.path().join(method.name());
+        let s = train_with::<Ad>(&cfg, &Default::default(), RunOptions::default()).unwrap();
+        check_matrix(&s.results, method);
+        let html = std::fs::read_to_string(&s.report).unwrap();
+        assert!(html.contains("<svg") && html.contains("cipher-b") && html.ends_with("</html>\n"), "{method:?}");
+        let json: sculpt_train::RunResults = serde_json::from_str(&std::fs::read_to_string(cfg.output.join("results.json")).unwrap()).unwrap();
+        assert_eq!(json.matrix, s.results.matrix);
+        let phases = if method == Method::Mtl { 1 } else { 3 };
+        let cks: Vec<_> = std::fs::read_dir(cfg.output.join("checkpoints")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+        assert_eq!(cks.len(), phases, "{method:?}: {cks:?}");
+        assert!(cfg.output.join("model/model.safetensors").is_file());
+        // Every step is logged.
+        let steps: usize = s.results.tasks.iter().map(|t| t.steps).sum();
+        assert_eq!(std::fs::read_to_string(cfg.output.join("metrics.jsonl")).unwrap().lines().count(), steps);
+    }
+}
+
+/// The demo's claim, at its real settings: sequential fine-tuning forgets the first ciphers,
+/// OSFT keeps them.
+#[test]
+fn demo_osft_keeps_what_seqft_forgets() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sculpt_train::demo::prepare(dir.path()).unwrap();
+    let c = sculpt_train::compare::compare::<Ad>(&cfg, &[Method::Osft, Method::Seqft], &Default::default(), RunOptions::default()).unwrap();
+    let (osft, seqft) = (&c.runs[0].1, &c.runs[1].1);
+    for r in [osft, seqft] {
+        // every task is learned when it is trained
+        for i in 0..3 {
+            assert!(r.matrix.acc[i][i + 1].unwrap() >= 0.9, "{}", r.matrix.to_text());
+        }
+    }
+    let (o, s) = (osft.metrics, seqft.metrics);
+    assert!(o.bwt.unwrap() > -0.1, "osft forgot:\n{}", osft.matrix.to_text());
+    assert!(s.bwt.unwrap() < -0.3, "seqft did not forget:\n{}", seqft.matrix.to_text());
+    assert!(o.aa.unwrap() > s.aa.unwrap() + 0.3);
+    assert!(c.report.is_file() && c.json.is_file());
+    println!("{}", c.table());
+}
+
+fn read_model(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("model.safetensors")).unwrap()
+}
+
+/// 3 tasks uninterrupted vs the same run cut after task 2 and resumed: identical matrix, metrics
+/// log and final weights, for a stateless method and for the two with method state.
+#[test]
+fn resume_from_the_task_2_checkpoint_reproduces_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = demo(dir.path(), 3);
+    for method in [Method::Osft, Method::Ewc, Method::Olora] {
+        let mut cfg = base.clone();
+        cfg.method = method;
+        cfg.output = dir.path().join(format!("resume-{}", method.name()));
+        let full = train_with::<Ad>(&cfg, &Default::default(), RunOptions::default()).unwrap();
+        let weights = read_model(&full.model_dir);
+        let metrics = std::fs::read_to_string(cfg.output.join("metrics.jsonl")).unwrap();
+        // Simulate a run killed during task 3: drop its checkpoint and the final outputs, and
+        // leave a partial metrics tail behind.
+        let ck = cfg.output.join("checkpoints");
+        let third = std::fs::read_dir(&ck).unwrap().flatten().map(|e| e.path()).find(|p| p.to_string_lossy().contains("task-03")).unwrap();
+        std::fs::remove_dir_all(third).unwrap();
+        std::fs::remove_dir_all(&full.model_dir).unwrap();
+        std::fs::remove_file(cfg.output.join("results.json")).unwrap();
+        let partial: String = metrics.lines().take(metrics.lines().count() - 3).map(|l| format!("{l}\n")).collect();
+        std::fs::write(cfg.output.join("metrics.jsonl"), partial).unwrap();
+        let resumed = train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: true }).unwrap();
+        assert_eq!(resumed.results.matrix, full.results.matrix, "{method:?}");
+        assert_eq!(resumed.results.metrics, full.results.metrics, "{method:?}");
+        assert_eq!(std::fs::read_to_string(cfg.output.join("metrics.jsonl")).unwrap(), metrics, "{method:?}: loss curve differs");
+        assert!(read_model(&resumed.model_dir) == weights, "{method:?}: final weights differ");
+    }
+}
+
+#[test]
+fn resume_refuses_a_changed_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = demo(dir.path(), 1);
+    cfg.output = dir.path().join("run");
+    cfg.tasks.truncate(1);
+    train_with::<Ad>(&cfg, &Default::default(), RunOptions::default()).unwrap();
+    cfg.train.lr *= 2.0;
+    let e = train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: true }).unwrap_err().to_string();
+    assert!(e.contains("run_config.toml") && e.contains("differs"), "{e}");
+}
+
+fn write_trace_task(dir: &Path, rows: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let v: Vec<_> = rows.iter().map(|(p, a)| serde_json::json!({"prompt": p, "answer": a})).collect();
+    for f in ["train.json", "test.json"] {
+        std::fs::write(dir.join(f), serde_json::to_string(&v).unwrap()).unwrap();
+    }
+}
+
+/// TRACE-format text through both families' tokenization (prompt/answer split, EOS, labels),
+/// training and greedy evaluation; and the O-LoRA CL_Benchmark format on the shared data.
+#[test]
+fn text_formats_train_and_evaluate_on_both_families() {
+    let dir = tempfile::tempdir().unwrap();
+    write_trace_task(&dir.path().join("t1"), &[("Say yes:", "yes"), ("Say no:", "no"), ("Say maybe:", "maybe")]);
+    write_trace_task(&dir.path().join("t2"), &[("Colour of grass:", "green"), ("Colour of sky:", "blue")]);
+    for fixture in ["llama-tied-tiny", "t5-v1_1-tiny"] {
+        let text = format!(
+            "model = {:?}\noutput = \"out-{fixture}\"\nmethod = \"osft\"\n[train]\nbatch_size = 2\nepochs = 20\nlr = 1e-2\n[eval]\nmax_new_tokens = 4\n\
+             [[tasks]]\nname = \"t1\"\ndata = \"t1\"\nformat = \"trace\"\n[[tasks]]\nname = \"t2\"\ndata = \"t2\"\nformat = \"trace\"\n",
+            tiny_fixture(fixture)
+        );
+        let cfg = RunConfig::from_toml(&dir.path().join("run.toml"), &text).unwrap();
+        let s = train_with::<Ad>(&cfg, &Default::default(), RunOptions::default()).unwrap();
+        for t in &s.results.tasks {
+            assert!(t.last_loss < t.first_loss, "{fixture} {}: {} → {}", t.name, t.first_loss, t.last_loss);
+        }
+        assert_eq!(s.results.matrix.acc.len(), 2);
+        assert!(s.results.matrix.acc.iter().flatten().all(|v| v.is_some_and(|v| (0.0..=1.0).contains(&v))));
+        assert!(!s.results.samples.is_empty());
+    }
+
+    let Some(shared) = repo_root().parent().map(|p| p.join("shared/data/CL_Benchmark")).filter(|p| p.is_dir()) else {
+        eprintln!("skipping the CL_Benchmark part: ../shared/data/CL_Benchmark is not here (only on the maintainers' machines)");
+        return;
+    };
+    let text = format!(
+        "model = {:?}\noutput = \"olora-out\"\nmethod = \"seqft\"\ndata_root = {:?}\n[train]\nbatch_size = 4\nmax_steps = 2\n[data]\nmax_train_examples = 8\nmax_eval_examples = 4\nmax_prompt_tokens = 96\n[eval]\nmax_new_tokens = 6\n\
+         [[tasks]]\nname = \"agnews\"\ndata = \"TC/agnews\"\nformat = \"olora\"\n[[tasks]]\nname = \"copa\"\ndata = \"COPA/COPA\"\nformat = \"olora\"\n",
+        tiny_fixture("llama-tied-tiny"),
+        shared
+    );
+    let cfg = RunConfig::from_toml(&dir.path().join("olora.toml"), &text).unwrap();
+    let s = train_with::<Ad>(&cfg, &Default::default(), RunOptions::default()).unwrap();
+    assert_eq!(s.results.tasks.iter().map(|t| t.steps).collect::<Vec<_>>(), [2, 2]);
+    assert_eq!(s.results.matrix.tasks, ["agnews", "copa"]);
+}
+
+#[test]
+fn bad_task_data_is_reported_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    write_trace_task(&dir.path().join("ok"), &[("q", "a")]);
+    std::fs::create_dir_all(dir.path().join("bad")).unwrap();
+    std::fs::write(dir.path().join("bad/train.json"), r#"[{"prompt": "q", "answer": "a"}, {"prompt": "q"}]"#).unwrap();
+    std::fs::write(dir.path().join("bad/test.json"), "[]").unwrap();
+    let text = format!(
+        "model = {:?}\noutput = \"out\"\n[[tasks]]\nname = \"ok\"\ndata = \"ok\"\nformat = \"trace\"\n[[tasks]]\nname = \"bad\"\ndata = \"bad\"\nformat = \"trace\"\n",
+        tiny_fixture("llama-tied-tiny")
+    );
+    let cfg = RunConfig::from_toml(&dir.path().join("run.toml"), &text).unwrap();
+    let e = train_with::<Ad>(&cfg, &Default::default(), RunOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("bad/train.json") && e.contains("answer"), "{e}");
+    assert!(!dir.path().join("out/checkpoints").exists(), "nothing may train before every task is read");
+}
