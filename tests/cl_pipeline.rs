@@ -113,7 +113,7 @@ fn resume_from_the_task_2_checkpoint_reproduces_the_run() {
         std::fs::remove_file(cfg.output.join("results.json")).unwrap();
         let partial: String = metrics.lines().take(metrics.lines().count() - 3).map(|l| format!("{l}\n")).collect();
         std::fs::write(cfg.output.join("metrics.jsonl"), partial).unwrap();
-        let resumed = train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: true }).unwrap();
+        let resumed = train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: true, ..Default::default() }).unwrap();
         assert_eq!(resumed.results.matrix, full.results.matrix, "{method:?}");
         assert_eq!(resumed.results.metrics, full.results.metrics, "{method:?}");
         assert_eq!(std::fs::read_to_string(cfg.output.join("metrics.jsonl")).unwrap(), metrics, "{method:?}: loss curve differs");
@@ -129,7 +129,7 @@ fn resume_refuses_a_changed_config() {
     cfg.tasks.truncate(1);
     train_with::<Ad>(&cfg, &Default::default(), RunOptions::default()).unwrap();
     cfg.train.lr *= 2.0;
-    let e = train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: true }).unwrap_err().to_string();
+    let e = train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: true, ..Default::default() }).unwrap_err().to_string();
     assert!(e.contains("run_config.toml") && e.contains("differs"), "{e}");
 }
 

@@ -40,7 +40,7 @@ fn run<M: LanguageModel<Ad>>(model: M, batch: &Batch, train: &TrainSection, step
     let trainable = osft.low_param_ids();
     let decayed: BTreeSet<_> = trainable.iter().map(|(id, _)| *id).collect();
     let mut opt = TaskOptimizer::<M, Ad>::new(train, decayed);
-    let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "t" };
+    let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "t", names: None, skip_non_finite: false };
     let mut losses = vec![];
     for step in 0..steps {
         let (m, s) = train_step(model, batch, &mut opt, &cx, step, None).unwrap();
@@ -124,7 +124,7 @@ fn adamw_keeps_the_low_factors_orthogonal_and_the_frozen_part_fixed() {
     let trainable = osft.low_param_ids();
     let decayed: BTreeSet<_> = trainable.iter().map(|(id, _)| *id).collect();
     let mut opt = TaskOptimizer::<_, Ad>::new(&train, decayed);
-    let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: 0.0, task: "t" };
+    let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: 0.0, task: "t", names: None, skip_non_finite: false };
     let mut model = attached;
     let mut last = 0.0;
     for step in 0..100 {
@@ -261,7 +261,7 @@ fn activation_checkpointing_changes_nothing_but_memory() {
         let (mut model, osft) = Osft::attach(m, &OsftConfig::default(), "llama", None).unwrap();
         let trainable = osft.low_param_ids();
         let mut opt = TaskOptimizer::new(train, trainable.iter().map(|(id, _)| *id).collect());
-        let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "t" };
+        let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "t", names: None, skip_non_finite: false };
         let mut losses = vec![];
         for step in 0..5 {
             let (m, s) = train_step(model, batch, &mut opt, &cx, step, None).unwrap();

@@ -41,7 +41,9 @@ enum Command {
         /// Run config (TOML).
         #[arg(long)]
         config: PathBuf,
-        /// Continue from the latest complete checkpoint in the run's output folder.
+        /// Continue from the latest complete checkpoint in the run's output folder (a run
+        /// interrupted mid-task restarts that task from its beginning, which reproduces the
+        /// uninterrupted run exactly).
         #[arg(long)]
         resume: bool,
     },
@@ -139,7 +141,11 @@ fn main() -> std::process::ExitCode {
         Ok(Ok(())) => std::process::ExitCode::SUCCESS,
         Ok(Err(e)) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            if e.downcast_ref::<sculpt_train::TrainError>().is_some_and(|t| matches!(t, sculpt_train::TrainError::Interrupted { .. })) {
+                std::process::ExitCode::from(EXIT_INTERRUPTED)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
         Err(payload) => {
             let msg = payload
@@ -151,6 +157,22 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// Exit code of a run stopped by SIGINT/SIGTERM after a complete step (128 + SIGINT).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// The first SIGINT/SIGTERM sets the returned flag (the run stops after its current step); a
+/// second one exits at once with [`EXIT_INTERRUPTED`] — safe, because every file sculpt writes
+/// is assembled under a temporary name and renamed into place.
+fn stop_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, EXIT_INTERRUPTED as i32, flag.clone())?;
+        signal_hook::flag::register(sig, flag.clone())?;
+    }
+    Ok(flag)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -172,7 +194,7 @@ fn run_on<B: burn::tensor::backend::Backend>(command: Command, device: &B::Devic
         }
         Command::Train { config, resume } => {
             let cfg = sculpt_train::RunConfig::load(&config)?;
-            let opts = sculpt_train::RunOptions { resume };
+            let opts = sculpt_train::RunOptions { resume, stop: Some(stop_flag()?) };
             use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
             let summary = if cfg.train.activation_checkpointing {
                 sculpt_train::train_with::<burn::backend::Autodiff<B, BalancedCheckpointing>>(&cfg, device, opts)?
@@ -195,13 +217,13 @@ fn run_on<B: burn::tensor::backend::Backend>(command: Command, device: &B::Devic
         Command::Compare { config, methods, resume } => {
             let cfg = sculpt_train::RunConfig::load(&config)?;
             let methods = parse_methods(&methods)?;
-            compare_on::<B>(&cfg, &methods, device, sculpt_train::RunOptions { resume })
+            compare_on::<B>(&cfg, &methods, device, sculpt_train::RunOptions { resume, stop: Some(stop_flag()?) })
         }
         Command::Demo { output, methods } => {
             let methods = parse_methods(&methods)?;
             let cfg = sculpt_train::demo::prepare(&output)?;
             println!("demo: a tiny random LLaMA and three cipher tasks written to {}", output.display());
-            compare_on::<B>(&cfg, &methods, device, sculpt_train::RunOptions::default())
+            compare_on::<B>(&cfg, &methods, device, sculpt_train::RunOptions { resume: false, stop: Some(stop_flag()?) })
         }
         Command::Convert { model, out, dtype } => {
             let m = Pretrained::<B>::load(&model, device).with_context(|| format!("loading {}", model.display()))?;

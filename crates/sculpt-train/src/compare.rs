@@ -47,7 +47,7 @@ pub fn compare<B: AutodiffBackend>(cfg: &RunConfig, methods: &[Method], device: 
         c.method = m;
         c.output = cfg.output.join(m.name());
         tracing::info!(method = m.name(), output = %c.output.display(), "comparison run");
-        let s = train_with::<B>(&c, device, opts)?;
+        let s = train_with::<B>(&c, device, opts.clone())?;
         println!("{}: AA {}", m.name(), s.results.metrics.aa.map_or("–".into(), |a| format!("{:.1}%", 100.0 * a)));
         println!("{}", s.results.matrix.to_text());
         report_runs.push(ReportRun { name: m.name().into(), results: s.results.clone(), losses: read_losses(&c.output.join("metrics.jsonl")) });

@@ -309,6 +309,21 @@ pub struct TrainSection {
     /// (burn's balanced checkpointing strategy, applied to every block).
     #[serde(default)]
     pub activation_checkpointing: bool,
+    /// A non-finite loss or gradient `stop`s the run (naming the step and the first offending
+    /// tensor) or `skip`s the step.
+    #[serde(default)]
+    pub on_non_finite: NonFinitePolicy,
+}
+
+/// What a non-finite loss or gradient does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NonFinitePolicy {
+    /// Stop with an error; the checkpoints written so far stay as they are.
+    #[default]
+    Stop,
+    /// Skip the step (no update) and log it.
+    Skip,
 }
 
 fn d_batch() -> usize {
@@ -344,6 +359,7 @@ impl Default for TrainSection {
             max_grad_norm: d_clip(),
             shuffle: false,
             activation_checkpointing: false,
+            on_non_finite: NonFinitePolicy::Stop,
         }
     }
 }

@@ -32,6 +32,16 @@ pub enum TrainError {
         /// Which value.
         what: String,
     },
+    /// A stop was requested (SIGINT/SIGTERM); the run ended after a complete step.
+    #[error("interrupted in task `{task}` after step {step}; {resume}")]
+    Interrupted {
+        /// Task name.
+        task: String,
+        /// Last completed step of that task.
+        step: usize,
+        /// What resuming will do.
+        resume: String,
+    },
     /// Writing run outputs failed.
     #[error("{path}: {source}")]
     Io {

@@ -107,10 +107,13 @@ pub struct RunSummary {
 }
 
 /// Run options besides the config.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Continue from the latest checkpoint in the output folder.
+    /// Continue from the latest checkpoint in the output folder (a fresh start when the folder
+    /// holds no run yet).
     pub resume: bool,
+    /// Set (by a signal handler) to stop after the current step.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// `state.json` of a checkpoint.
@@ -143,6 +146,12 @@ pub fn train<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<
     train_with::<B>(cfg, device, RunOptions::default())
 }
 
+/// The latest complete checkpoint of a run folder: `(completed tasks, folder)`. Folders without
+/// `model/` or with an unreadable `state.json` are skipped (with a warning).
+pub fn latest_checkpoint(output: &Path) -> Option<(usize, PathBuf)> {
+    checkpoints(output).pop()
+}
+
 /// The complete checkpoints of a run folder, oldest first: `(completed tasks, folder)`.
 fn checkpoints(output: &Path) -> Vec<(usize, PathBuf)> {
     let dir = output.join("checkpoints");
@@ -163,12 +172,32 @@ fn checkpoints(output: &Path) -> Vec<(usize, PathBuf)> {
     out
 }
 
+/// Remove what an earlier, killed process left half-written (`.<name>.partial…` folders; they
+/// are never read).
+fn remove_stale_partials(output: &Path) {
+    for dir in [output.to_path_buf(), output.join("checkpoints")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') && name.contains(".partial") && e.path().is_dir() {
+                tracing::info!(path = %e.path().display(), "removing a partial folder left by an interrupted run");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 /// Run `cfg`, optionally resuming.
 pub fn train_with<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device, opts: RunOptions) -> Result<RunSummary> {
     std::fs::create_dir_all(&cfg.output).map_err(io_err(&cfg.output))?;
+    remove_stale_partials(&cfg.output);
     let cfg_path = cfg.output.join("run_config.toml");
     let cfg_text = toml::to_string_pretty(cfg).expect("config serialises");
-    let resume_from = if opts.resume {
+    let fresh = !cfg_path.is_file();
+    if opts.resume && fresh {
+        tracing::info!(output = %cfg.output.display(), "nothing to resume in this folder; starting the run");
+    }
+    let resume_from = if opts.resume && !fresh {
         let previous = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
         if previous != cfg_text {
             return Err(TrainError::Config {
@@ -203,7 +232,7 @@ pub fn train_with<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device, opts:
     let files = pre.files();
     let final_dtype = state.as_ref().map_or(pre.source_dtype, |s| s.final_dtype);
     tracing::info!(family = pre.model.family(), tasks = cfg.tasks.len(), method = cfg.method.name(), "run starts");
-    let ctx = Ctx { cfg, files: &files, resume: state, resume_dir: resume_from.map(|(_, d)| d), final_dtype };
+    let ctx = Ctx { cfg, files: &files, resume: state, resume_dir: resume_from.map(|(_, d)| d), final_dtype, stop: opts.stop.clone() };
     let (export, results) = match pre.model {
         Model::Llama(m) => run_stream(m, &ctx)?,
         Model::T5(m) => run_stream(m, &ctx)?,
@@ -224,6 +253,7 @@ struct Ctx<'a> {
     resume: Option<CheckpointState>,
     resume_dir: Option<PathBuf>,
     final_dtype: StoreDtype,
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Parameters that will receive gradients, as `(id, rank)`.
@@ -339,16 +369,30 @@ fn write_checkpoint<B: AutodiffBackend, M: LanguageModel<B>>(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    cx.files.save(&model.export(), &tmp.join("model"), Some(StoreDtype::F32))?;
-    let ms = method_state_map(ewc, olora);
-    if !ms.tensors.is_empty() {
-        let p = tmp.join("method_state");
-        std::fs::create_dir_all(&p).map_err(io_err(&p))?;
-        sculpt_models::safetensors_io::write_folder(&p, &ms, StoreDtype::F32, sculpt_models::pretrained::DEFAULT_MAX_SHARD_BYTES)?;
+    let written = (|| -> Result<()> {
+        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        cx.files.save(&model.export(), &tmp.join("model"), Some(StoreDtype::F32))?;
+        let ms = method_state_map(ewc, olora);
+        if !ms.tensors.is_empty() {
+            let p = tmp.join("method_state");
+            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+            sculpt_models::safetensors_io::write_folder(&p, &ms, StoreDtype::F32, sculpt_models::pretrained::DEFAULT_MAX_SHARD_BYTES)?;
+        }
+        let sp = tmp.join("state.json");
+        std::fs::write(&sp, serde_json::to_string_pretty(state).expect("json")).map_err(io_err(&sp))?;
+        // Make the contents durable before the rename publishes them.
+        for f in [sp.clone(), tmp.join("model").join("model.safetensors")] {
+            if let Ok(file) = std::fs::File::open(&f) {
+                file.sync_all().map_err(io_err(&f))?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        tracing::error!(checkpoint = %dir.display(), "checkpoint not written; the earlier checkpoints are untouched");
+        return Err(e);
     }
-    let sp = tmp.join("state.json");
-    std::fs::write(&sp, serde_json::to_string_pretty(state).expect("json")).map_err(io_err(&sp))?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
     }
@@ -492,7 +536,30 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
             }
         };
         let mut opt = TaskOptimizer::<M, B>::new(&cfg.train, decayed);
-        let scx = StepContext { osft: osft.as_ref(), trainable: &trainable, lr: cfg.train.lr, max_grad_norm: cfg.train.max_grad_norm, task: &phase_name };
+        let mut param_names: BTreeMap<ParamId, String> = BTreeMap::new();
+        model.visit_params(&mut |name, p| {
+            let id = match p {
+                ParamRef::Vector(p) => p.id,
+                ParamRef::Matrix(p) => p.id,
+            };
+            param_names.insert(id, name.to_string());
+        });
+        model.visit_linears_mut(&mut |name, lin| {
+            if let Some(d) = &lin.delta {
+                param_names.insert(d.u.id, format!("{name}.delta.u"));
+                param_names.insert(d.s.id, format!("{name}.delta.s"));
+                param_names.insert(d.vt.id, format!("{name}.delta.vt"));
+            }
+        });
+        let scx = StepContext {
+            osft: osft.as_ref(),
+            trainable: &trainable,
+            lr: cfg.train.lr,
+            max_grad_norm: cfg.train.max_grad_norm,
+            task: &phase_name,
+            names: Some(&param_names),
+            skip_non_finite: cfg.train.on_non_finite == crate::config::NonFinitePolicy::Skip,
+        };
         tracing::info!(task = %phase_name, examples = n_examples, steps, "training");
         let pb = bar(steps, &format!("train {phase_name}"));
         let (mut first, mut last) = (f64::NAN, f64::NAN);
@@ -500,13 +567,26 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
             let batch = batcher.next_batch();
             let (m, stats) = train_step(model, &batch, &mut opt, &scx, step, Some(&penalty))?;
             model = m;
-            if step == 0 {
-                first = stats.loss;
+            if stats.skipped {
+                tracing::warn!(task = %phase_name, step, loss = stats.loss, "non-finite loss or gradient: step skipped");
+            } else {
+                if first.is_nan() {
+                    first = stats.loss;
+                }
+                last = stats.loss;
             }
-            last = stats.loss;
-            let line = serde_json::json!({"task": phase_name, "task_index": ti, "step": step, "loss": stats.loss, "penalty": stats.penalty, "grad_norm": stats.grad_norm, "lr": cfg.train.lr});
+            let line = serde_json::json!({"task": phase_name, "task_index": ti, "step": step, "loss": stats.loss, "penalty": stats.penalty, "grad_norm": stats.grad_norm, "lr": cfg.train.lr, "skipped": stats.skipped});
             writeln!(metrics, "{line}").map_err(io_err(&metrics_path))?;
             pb.inc(1);
+            if cx.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) && step + 1 < steps {
+                pb.finish_and_clear();
+                metrics.flush().map_err(io_err(&metrics_path))?;
+                let resume = match checkpoints(&cfg.output).pop() {
+                    Some((n, dir)) => format!("`--resume` restarts task {} from the checkpoint {} (same result as an uninterrupted run)", n + 1, dir.display()),
+                    None => "no task has finished yet: `--resume` starts the run again from the base model".to_string(),
+                };
+                return Err(TrainError::Interrupted { task: phase_name.clone(), step, resume });
+            }
             if step % 50 == 0 || step + 1 == steps {
                 tracing::debug!(task = %phase_name, step, loss = stats.loss, grad_norm = stats.grad_norm, "step");
             }

@@ -24,6 +24,8 @@ pub struct StepStats {
     pub grad_norm: f64,
     /// Seconds spent in the two projections (device synchronised around them).
     pub projection_secs: f64,
+    /// The step was skipped (non-finite loss or gradient with `skip_non_finite`): nothing changed.
+    pub skipped: bool,
 }
 
 /// Everything fixed for the steps of one task.
@@ -38,6 +40,10 @@ pub struct StepContext<'a, B: AutodiffBackend> {
     pub max_grad_norm: f64,
     /// Task name (for errors).
     pub task: &'a str,
+    /// Parameter names, to name the first non-finite gradient in errors.
+    pub names: Option<&'a std::collections::BTreeMap<ParamId, String>>,
+    /// Skip a step whose loss or gradient is not finite instead of stopping the run.
+    pub skip_non_finite: bool,
 }
 
 fn squared_norm<B: AutodiffBackend>(grads: &GradientsParams, id: ParamId, rank: usize) -> f64 {
@@ -79,7 +85,11 @@ pub fn train_step<B: AutodiffBackend, M: LanguageModel<B>>(
     // forward → loss
     let mut loss = model.loss(batch);
     let loss_value = loss.clone().into_scalar().elem::<f64>();
+    let skipped = |model: M, loss: f64| Ok((model, StepStats { loss, penalty: f64::NAN, grad_norm: f64::NAN, projection_secs: 0.0, skipped: true }));
     if !loss_value.is_finite() {
+        if cx.skip_non_finite {
+            return skipped(model, loss_value);
+        }
         return Err(TrainError::NonFinite { task: cx.task.into(), step, what: format!("loss ({loss_value})") });
     }
     let mut penalty_value = 0.0;
@@ -103,9 +113,19 @@ pub fn train_step<B: AutodiffBackend, M: LanguageModel<B>>(
         projection_secs += t.elapsed().as_secs_f64();
     }
     // clip the global norm (PyTorch's clip_grad_norm_ rule)
-    let norm = cx.trainable.iter().map(|&(id, r)| squared_norm::<B>(&grads, id, r)).sum::<f64>().sqrt();
+    let squares: Vec<f64> = cx.trainable.iter().map(|&(id, r)| squared_norm::<B>(&grads, id, r)).collect();
+    let norm = squares.iter().sum::<f64>().sqrt();
     if !norm.is_finite() {
-        return Err(TrainError::NonFinite { task: cx.task.into(), step, what: format!("gradient norm ({norm})") });
+        if cx.skip_non_finite {
+            return skipped(model, loss_value);
+        }
+        let first = cx.trainable.iter().zip(&squares).find(|(_, sq)| !sq.is_finite()).map(|((id, _), _)| *id);
+        let name = first.map(|id| cx.names.and_then(|n| n.get(&id)).cloned().unwrap_or_else(|| format!("parameter {id}")));
+        let what = match name {
+            Some(n) => format!("gradient of `{n}` (the first non-finite one; global norm {norm})"),
+            None => format!("gradient norm ({norm})"),
+        };
+        return Err(TrainError::NonFinite { task: cx.task.into(), step, what });
     }
     if cx.max_grad_norm > 0.0 {
         let coef = cx.max_grad_norm / (norm + 1e-6);
@@ -125,5 +145,5 @@ pub fn train_step<B: AutodiffBackend, M: LanguageModel<B>>(
         let _ = B::sync(&device);
         projection_secs += t.elapsed().as_secs_f64();
     }
-    Ok((model, StepStats { loss: loss_value, penalty: penalty_value, grad_norm: norm, projection_secs }))
+    Ok((model, StepStats { loss: loss_value, penalty: penalty_value, grad_norm: norm, projection_secs, skipped: false }))
 }
