@@ -196,3 +196,29 @@ fn bad_task_data_is_reported_before_training() {
     assert!(e.contains("bad/train.json") && e.contains("answer"), "{e}");
     assert!(!dir.path().join("out/checkpoints").exists(), "nothing may train before every task is read");
 }
+
+/// A checkpoint whose files no longer match its manifest (bit rot, a truncated copy) is detected
+/// on resume and the previous good one is used; the run still ends with the uninterrupted result.
+#[test]
+fn a_corrupt_checkpoint_is_detected_and_the_previous_one_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = demo(dir.path(), 2);
+    cfg.method = Method::Seqft;
+    cfg.output = dir.path().join("run");
+    let full = train_with::<Ad>(&cfg, &Default::default(), RunOptions::default()).unwrap();
+    let weights = read_model(&full.model_dir);
+    let ck = cfg.output.join("checkpoints");
+    let find = |n: &str| std::fs::read_dir(&ck).unwrap().flatten().map(|e| e.path()).find(|p| p.to_string_lossy().contains(n)).unwrap();
+    std::fs::remove_dir_all(find("task-03")).unwrap();
+    // Flip one byte in the task-2 checkpoint's weights.
+    let st = find("task-02").join("model/model.safetensors");
+    let mut bytes = std::fs::read(&st).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&st, bytes).unwrap();
+    let (done, dir1) = sculpt_train::run::latest_checkpoint(&cfg.output).unwrap();
+    assert_eq!(done, 1, "the corrupt task-2 checkpoint must be passed over for {}", dir1.display());
+    let resumed = train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: true, ..Default::default() }).unwrap();
+    assert_eq!(resumed.results.matrix, full.results.matrix);
+    assert!(read_model(&resumed.model_dir) == weights);
+}

@@ -146,13 +146,78 @@ pub fn train<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<
     train_with::<B>(cfg, device, RunOptions::default())
 }
 
-/// The latest complete checkpoint of a run folder: `(completed tasks, folder)`. Folders without
-/// `model/` or with an unreadable `state.json` are skipped (with a warning).
+/// The latest good checkpoint of a run folder: `(completed tasks, folder)`. Folders without
+/// `model/`, with an unreadable `state.json`, or whose files do not match their
+/// `manifest.json` (size and SHA-256 of every file) are skipped with a warning naming the
+/// problem, so the previous good checkpoint is used.
 pub fn latest_checkpoint(output: &Path) -> Option<(usize, PathBuf)> {
-    checkpoints(output).pop()
+    checkpoints(output).into_iter().rev().find(|(_, dir)| match verify_manifest(dir) {
+        Ok(()) => true,
+        Err(why) => {
+            tracing::warn!(checkpoint = %dir.display(), %why, "corrupt or incomplete checkpoint; using an earlier one");
+            false
+        }
+    })
 }
 
-/// The complete checkpoints of a run folder, oldest first: `(completed tasks, folder)`.
+/// `(relative path, size, sha256 hex)` of every file under `dir` but the manifest, sorted.
+fn file_digests(dir: &Path) -> std::io::Result<Vec<(String, u64, String)>> {
+    use sha2::Digest;
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let rel = p.strip_prefix(dir).expect("under dir").to_string_lossy().replace('\\', "/");
+            if rel == "manifest.json" {
+                continue;
+            }
+            let mut h = sha2::Sha256::new();
+            let n = std::io::copy(&mut std::fs::File::open(&p)?, &mut h)?;
+            out.push((rel, n, format!("{:x}", h.finalize())));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn write_manifest(dir: &Path) -> Result<()> {
+    let files: Vec<serde_json::Value> =
+        file_digests(dir).map_err(io_err(dir))?.into_iter().map(|(path, bytes, sha256)| serde_json::json!({"path": path, "bytes": bytes, "sha256": sha256})).collect();
+    let p = dir.join("manifest.json");
+    std::fs::write(&p, serde_json::to_string_pretty(&serde_json::json!({"files": files})).expect("json")).map_err(io_err(&p))?;
+    std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(io_err(&p))
+}
+
+/// Check a checkpoint against its manifest; the error says which file is wrong and how.
+fn verify_manifest(dir: &Path) -> std::result::Result<(), String> {
+    let p = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+    let want: Vec<(String, u64, String)> = v["files"]
+        .as_array()
+        .ok_or_else(|| format!("{}: no `files` list", p.display()))?
+        .iter()
+        .map(|f| Some((f["path"].as_str()?.to_string(), f["bytes"].as_u64()?, f["sha256"].as_str()?.to_string())))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| format!("{}: malformed entry", p.display()))?;
+    let have = file_digests(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for (path, bytes, sha) in &want {
+        match have.iter().find(|h| &h.0 == path) {
+            None => return Err(format!("{path} is missing")),
+            Some(h) if h.1 != *bytes => return Err(format!("{path} has {} bytes, the manifest says {bytes}", h.1)),
+            Some(h) if &h.2 != sha => return Err(format!("{path} does not match its SHA-256 in the manifest")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The checkpoints of a run folder with a readable state, oldest first: `(completed tasks, folder)`.
 fn checkpoints(output: &Path) -> Vec<(usize, PathBuf)> {
     let dir = output.join("checkpoints");
     let mut out = vec![];
@@ -205,7 +270,7 @@ pub fn train_with<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device, opts:
                 msg: "the config differs from the one this run was started with; resume with the same config (or start a new output folder)".into(),
             });
         }
-        let found = checkpoints(&cfg.output).pop();
+        let found = latest_checkpoint(&cfg.output);
         if found.is_none() {
             tracing::warn!(output = %cfg.output.display(), "no complete checkpoint to resume from; starting from the base model");
         }
@@ -386,7 +451,7 @@ fn write_checkpoint<B: AutodiffBackend, M: LanguageModel<B>>(
                 file.sync_all().map_err(io_err(&f))?;
             }
         }
-        Ok(())
+        write_manifest(&tmp)
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&tmp);
