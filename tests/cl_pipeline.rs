@@ -222,3 +222,59 @@ fn a_corrupt_checkpoint_is_detected_and_the_previous_one_used() {
     assert_eq!(resumed.results.matrix, full.results.matrix);
     assert!(read_model(&resumed.model_dir) == weights);
 }
+
+/// Mid-task resume, bit for bit: a run stopped after every single step of the first task (a
+/// stop request writes a mid-task checkpoint: module record, optimizer state, step count) and
+/// resumed each time, then stopped again inside task 2, ends with exactly the uninterrupted
+/// run's weights, matrix and loss curve — for OSFT (attached factors), LoRA (adapters) and EWC
+/// (penalty state).
+#[test]
+fn stopping_inside_a_task_and_resuming_is_bit_identical() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut base = demo(dir.path(), 2);
+    base.tasks.truncate(2);
+    for method in [Method::Osft, Method::Lora, Method::Ewc] {
+        let mut cfg = base.clone();
+        cfg.method = method;
+        cfg.output = dir.path().join(format!("ref-{}", method.name()));
+        let full = train_with::<Ad>(&cfg, &Default::default(), RunOptions::default()).unwrap();
+        let weights = read_model(&full.model_dir);
+        let metrics = std::fs::read_to_string(cfg.output.join("metrics.jsonl")).unwrap();
+
+        cfg.output = dir.path().join(format!("stopped-{}", method.name()));
+        let stop = Arc::new(AtomicBool::new(true));
+        for i in 0..3 {
+            let e = train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: i > 0, stop: Some(stop.clone()) }).unwrap_err();
+            assert!(matches!(e, sculpt_train::TrainError::Interrupted { step, .. } if step == i), "{method:?}: {e}");
+        }
+        // Once more, stopped as soon as task 2 has begun.
+        stop.store(false, Ordering::SeqCst);
+        let watch = {
+            let (stop, ck) = (stop.clone(), cfg.output.join("checkpoints"));
+            std::thread::spawn(move || {
+                let t0 = std::time::Instant::now();
+                while t0.elapsed().as_secs() < 60 {
+                    let boundary = std::fs::read_dir(&ck).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy() == "task-01-cipher-a");
+                    if boundary {
+                        stop.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            })
+        };
+        let r = train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: true, stop: Some(stop.clone()) });
+        watch.join().unwrap();
+        if let Err(e) = &r {
+            assert!(matches!(e, sculpt_train::TrainError::Interrupted { .. }), "{e}");
+        }
+        let done = train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: true, stop: None }).unwrap();
+        assert_eq!(done.results.matrix, full.results.matrix, "{method:?}");
+        assert_eq!(std::fs::read_to_string(cfg.output.join("metrics.jsonl")).unwrap(), metrics, "{method:?}: loss curve differs");
+        assert!(read_model(&done.model_dir) == weights, "{method:?}: final weights differ");
+        let left: Vec<_> = std::fs::read_dir(cfg.output.join("checkpoints")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+        assert!(!left.iter().any(|n| n.contains("-step-")), "mid-task checkpoints outlive their task: {left:?}");
+    }
+}

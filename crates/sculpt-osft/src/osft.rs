@@ -242,6 +242,19 @@ impl<B: AutodiffBackend> Osft<B> {
         Ok((model, state))
     }
 
+    /// Re-read the parameter ids of the trainable factors from `model`'s attached low-rank
+    /// terms (after a module record, which carries its own ids, was loaded into it).
+    pub fn refresh_ids<M: NamedParams<B>>(&mut self, model: &mut M) {
+        let by_name = &self.by_name;
+        let targets = &mut self.targets;
+        model.visit_linears_mut(&mut |name, lin| {
+            if let (Some(&i), Some(d)) = (by_name.get(name), lin.delta.as_ref()) {
+                let t = &mut targets[i];
+                (t.u_id, t.s_id, t.vt_id) = (d.u.id, d.s.id, d.vt.id);
+            }
+        });
+    }
+
     /// The resolved rank of every target, in model order.
     pub fn resolved(&self) -> Vec<ResolvedTarget> {
         self.targets.iter().map(|t| t.info.clone()).collect()

@@ -313,6 +313,10 @@ pub struct TrainSection {
     /// tensor) or `skip`s the step.
     #[serde(default)]
     pub on_non_finite: NonFinitePolicy,
+    /// Also write a checkpoint every this many steps inside a task (0 = only after each task;
+    /// a stop signal always writes one).
+    #[serde(default)]
+    pub checkpoint_every: usize,
 }
 
 /// What a non-finite loss or gradient does.
@@ -360,6 +364,7 @@ impl Default for TrainSection {
             shuffle: false,
             activation_checkpointing: false,
             on_non_finite: NonFinitePolicy::Stop,
+            checkpoint_every: 0,
         }
     }
 }

@@ -2,6 +2,9 @@
 //! restricted to the OSFT low factors (a second, decay-free instance steps everything else).
 
 use std::collections::BTreeSet;
+use std::path::Path;
+
+use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder, RecorderError};
 
 use burn::module::ParamId;
 use burn::optim::adaptor::OptimizerAdaptor;
@@ -41,6 +44,23 @@ impl<M: LanguageModel<B>, B: AutodiffBackend> One<M, B> {
             One::Sgd(o) => o.step(lr, model, grads),
         }
     }
+
+    fn save(&self, path: &Path) -> Result<(), RecorderError> {
+        let r = BinFileRecorder::<FullPrecisionSettings>::new();
+        match self {
+            One::AdamW(o) => Recorder::<B>::record(&r, o.to_record(), path.to_path_buf()),
+            One::Sgd(o) => Recorder::<B>::record(&r, o.to_record(), path.to_path_buf()),
+        }
+        .map(|_| ())
+    }
+
+    fn load(self, path: &Path, device: &B::Device) -> Result<Self, RecorderError> {
+        let r = BinFileRecorder::<FullPrecisionSettings>::new();
+        Ok(match self {
+            One::AdamW(o) => One::AdamW(o.load_record(Recorder::<B>::load(&r, path.to_path_buf(), device)?)),
+            One::Sgd(o) => One::Sgd(o.load_record(Recorder::<B>::load(&r, path.to_path_buf(), device)?)),
+        })
+    }
 }
 
 /// The optimizer pair of one task.
@@ -54,6 +74,22 @@ impl<M: LanguageModel<B>, B: AutodiffBackend> TaskOptimizer<M, B> {
     /// `decayed_ids`: the parameters that get weight decay (the low factors); all others get none.
     pub fn new(t: &TrainSection, decayed_ids: BTreeSet<ParamId>) -> Self {
         TaskOptimizer { decayed: One::new(t, t.weight_decay), plain: One::new(t, 0.0), decayed_ids }
+    }
+
+    /// Write the state of both instances (moments, step counts) as `<stem>-decayed.bin` and
+    /// `<stem>-plain.bin` in `dir`; the records are keyed by parameter id.
+    pub fn save(&self, dir: &Path) -> Result<(), RecorderError> {
+        self.decayed.save(&dir.join("optimizer-decayed"))?;
+        self.plain.save(&dir.join("optimizer-plain"))
+    }
+
+    /// Load what [`TaskOptimizer::save`] wrote (the model must carry the same parameter ids).
+    pub fn load(self, dir: &Path, device: &B::Device) -> Result<Self, RecorderError> {
+        Ok(TaskOptimizer {
+            decayed: self.decayed.load(&dir.join("optimizer-decayed"), device)?,
+            plain: self.plain.load(&dir.join("optimizer-plain"), device)?,
+            decayed_ids: self.decayed_ids,
+        })
     }
 
     /// One update of every parameter that has a gradient in `grads`.

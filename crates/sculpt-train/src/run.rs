@@ -22,6 +22,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::ParamId;
+use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use sculpt_data::{exact_match, Batcher, Example};
@@ -126,6 +127,22 @@ struct CheckpointState {
     matrix: AccuracyMatrix,
     tasks: Vec<TaskSummary>,
     final_dtype: StoreDtype,
+    /// Set for a checkpoint written inside a task (`completed` tasks done, then these steps).
+    #[serde(default)]
+    in_task: Option<InTask>,
+}
+
+/// Where inside a task a mid-task checkpoint was written.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct InTask {
+    /// Steps of the task already taken.
+    steps_done: usize,
+    /// Loss at the task's first step.
+    first_loss: f64,
+    /// Loss at the last step taken.
+    last_loss: f64,
+    /// Training seconds spent in the task so far.
+    train_secs: f64,
 }
 
 const STATE_FORMAT: u32 = 1;
@@ -219,21 +236,27 @@ fn verify_manifest(dir: &Path) -> std::result::Result<(), String> {
 
 /// The checkpoints of a run folder with a readable state, oldest first: `(completed tasks, folder)`.
 fn checkpoints(output: &Path) -> Vec<(usize, PathBuf)> {
+    let mut v = checkpoint_states(output);
+    v.sort_by_key(|(s, _)| (s.completed, s.in_task.map_or(0, |t| t.steps_done)));
+    v.into_iter().map(|(s, p)| (s.completed, p)).collect()
+}
+
+/// Every checkpoint folder with a readable `state.json`, unordered.
+fn checkpoint_states(output: &Path) -> Vec<(CheckpointState, PathBuf)> {
     let dir = output.join("checkpoints");
     let mut out = vec![];
     let Ok(entries) = std::fs::read_dir(&dir) else { return out };
     for e in entries.flatten() {
         let p = e.path();
         let name = e.file_name().to_string_lossy().to_string();
-        if !name.starts_with("task-") || !p.join("state.json").is_file() || !p.join("model").is_dir() {
+        if !name.starts_with("task-") || !p.join("state.json").is_file() {
             continue;
         }
         match std::fs::read_to_string(p.join("state.json")).ok().and_then(|t| serde_json::from_str::<CheckpointState>(&t).ok()) {
-            Some(s) => out.push((s.completed, p)),
-            None => tracing::warn!(checkpoint = %p.display(), "unreadable state.json; skipping this checkpoint"),
+            Some(s) if p.join(if s.in_task.is_some() { "module.bin" } else { "model" }).exists() => out.push((s, p)),
+            _ => tracing::warn!(checkpoint = %p.display(), "unreadable state.json or missing weights; skipping this checkpoint"),
         }
     }
-    out.sort();
     out
 }
 
@@ -288,8 +311,24 @@ pub fn train_with<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device, opts:
             if state.format != STATE_FORMAT || state.method != cfg.method || state.task_names != names {
                 return Err(TrainError::Config { path: p, msg: "this checkpoint belongs to another method or task stream".into() });
             }
-            tracing::info!(checkpoint = %dir.display(), completed = state.completed, "resuming");
-            (dir.join("model"), Some(state))
+            tracing::info!(checkpoint = %dir.display(), completed = state.completed, in_task = ?state.in_task, "resuming");
+            let model = if state.in_task.is_none() {
+                dir.join("model")
+            } else if state.completed == 0 {
+                // Inside the first task: it started from the base model.
+                cfg.model.clone()
+            } else {
+                // Inside a later task: it started from the previous task's checkpoint.
+                checkpoint_states(&cfg.output)
+                    .into_iter()
+                    .find(|(s, d)| s.in_task.is_none() && s.completed == state.completed && verify_manifest(d).is_ok())
+                    .map(|(_, d)| d.join("model"))
+                    .ok_or_else(|| TrainError::Config {
+                        path: dir.clone(),
+                        msg: format!("this mid-task checkpoint needs the checkpoint after task {}, which is missing or corrupt", state.completed),
+                    })?
+            };
+            (model, Some(state))
         }
         None => (cfg.model.clone(), None),
     };
@@ -465,6 +504,72 @@ fn write_checkpoint<B: AutodiffBackend, M: LanguageModel<B>>(
     Ok(dir)
 }
 
+/// Mid-task checkpoints are superseded by any later checkpoint: remove all but `keep`.
+fn remove_mid_task_checkpoints(output: &Path, keep: Option<&Path>) {
+    for (s, dir) in checkpoint_states(output) {
+        if s.in_task.is_some() && Some(dir.as_path()) != keep {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+/// A checkpoint inside a task: the whole module as a burn record (weights, attached factors or
+/// adapters, parameter ids), the optimizer state, the method state and `state.json`; the
+/// batcher position is the step count (batches are a pure function of the seed and the step).
+#[allow(clippy::too_many_arguments)]
+fn write_step_checkpoint<B: AutodiffBackend, M: LanguageModel<B>>(
+    cx: &Ctx<'_>,
+    model: &M,
+    opt: &TaskOptimizer<M, B>,
+    state: &CheckpointState,
+    ewc: &EwcState,
+    olora: &BTreeMap<String, HostTensor>,
+    phase: &str,
+) -> Result<PathBuf> {
+    let root = cx.cfg.output.join("checkpoints");
+    std::fs::create_dir_all(&root).map_err(io_err(&root))?;
+    let steps = state.in_task.map_or(0, |t| t.steps_done);
+    let name = format!("task-{:02}-{}-step-{steps:06}", state.completed + 1, phase.replace(['/', '+', ' '], "_"));
+    let dir = root.join(&name);
+    let tmp = root.join(format!(".{name}.partial"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+    }
+    let written = (|| -> Result<()> {
+        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        let rec_err = |p: PathBuf| move |e: burn::record::RecorderError| TrainError::Config { path: p, msg: format!("writing a record: {e}") };
+        Recorder::<B>::record(&BinFileRecorder::<FullPrecisionSettings>::new(), model.clone().into_record(), tmp.join("module"))
+            .map_err(rec_err(tmp.join("module.bin")))?;
+        opt.save(&tmp).map_err(rec_err(tmp.clone()))?;
+        let ms = method_state_map(ewc, olora);
+        if !ms.tensors.is_empty() {
+            let p = tmp.join("method_state");
+            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+            sculpt_models::safetensors_io::write_folder(&p, &ms, StoreDtype::F32, sculpt_models::pretrained::DEFAULT_MAX_SHARD_BYTES)?;
+        }
+        let sp = tmp.join("state.json");
+        std::fs::write(&sp, serde_json::to_string_pretty(state).expect("json")).map_err(io_err(&sp))?;
+        for f in ["state.json", "module.bin", "optimizer-decayed.bin", "optimizer-plain.bin"] {
+            if let Ok(file) = std::fs::File::open(tmp.join(f)) {
+                file.sync_all().map_err(io_err(&tmp.join(f)))?;
+            }
+        }
+        write_manifest(&tmp)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        tracing::error!(checkpoint = %dir.display(), "mid-task checkpoint not written; the earlier checkpoints are untouched");
+        return Err(e);
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+    remove_mid_task_checkpoints(&cx.cfg.output, Some(&dir));
+    tracing::info!(checkpoint = %dir.display(), "mid-task checkpoint written");
+    Ok(dir)
+}
+
 /// The examples of phase `ti`: the task's, plus (replay) a seeded sample of every earlier task's,
 /// or (mtl) every task's.
 fn phase_examples(cfg: &RunConfig, tasks: &[TaskData], ti: usize) -> Vec<Example> {
@@ -515,7 +620,15 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
             let kept: String = std::fs::read_to_string(&metrics_path)
                 .unwrap_or_default()
                 .lines()
-                .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["task_index"].as_u64()).is_some_and(|t| (t as usize) < s.completed))
+                .filter(|l| {
+                    let v: Option<serde_json::Value> = serde_json::from_str(l).ok();
+                    let (t, step) = v.map_or((None, None), |v| (v["task_index"].as_u64(), v["step"].as_u64()));
+                    match (t, step, s.in_task) {
+                        (Some(t), _, _) if (t as usize) < s.completed => true,
+                        (Some(t), Some(step), Some(it)) => t as usize == s.completed && (step as usize) < it.steps_done,
+                        _ => false,
+                    }
+                })
                 .map(|l| format!("{l}\n"))
                 .collect();
             std::fs::write(&metrics_path, kept).map_err(io_err(&metrics_path))?;
@@ -591,6 +704,42 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
                 (ids, decayed)
             }
         };
+        // Resuming inside this task: the setup above was redone exactly as the first time; now
+        // the module record (weights, attached factors, their parameter ids) and the optimizer
+        // state replace it, and the batcher skips the batches already seen.
+        let mid = match (&cx.resume, &cx.resume_dir) {
+            (Some(s), Some(dir)) if ti == start => s.in_task.map(|it| (it, dir.clone())),
+            _ => None,
+        };
+        let (trainable, decayed) = match &mid {
+            Some((_, dir)) => {
+                let rec = Recorder::<B>::load(&BinFileRecorder::<FullPrecisionSettings>::new(), dir.join("module"), &device)
+                    .map_err(|e| TrainError::Config { path: dir.join("module.bin"), msg: e.to_string() })?;
+                model = model.load_record(rec);
+                if let Some(o) = osft.as_mut() {
+                    o.refresh_ids(&mut model);
+                }
+                let mut low = vec![];
+                if cfg.method != Method::Osft {
+                    model.visit_linears_mut(&mut |_, lin| {
+                        if let Some(d) = &lin.delta {
+                            low.extend([(d.u.id, 2), (d.vt.id, 2)]);
+                        }
+                    });
+                }
+                let trainable = match (&osft, cfg.method) {
+                    (Some(o), _) => trainable_ids(&model, Some(o)),
+                    (None, Method::Lora | Method::Olora) => low,
+                    _ => trainable_ids(&model, None),
+                };
+                let decayed: BTreeSet<ParamId> = match &osft {
+                    Some(o) => o.low_param_ids().into_iter().map(|(id, _)| id).collect(),
+                    None => trainable.iter().map(|(id, _)| *id).collect(),
+                };
+                (trainable, decayed)
+            }
+            None => (trainable, decayed),
+        };
         let olora_pen = (cfg.method == Method::Olora).then(|| OloraPenalty::<B>::new(&olora_prev, cfg.olora.lambda1, cfg.olora.lambda2, &device));
         let ewc_pen = (cfg.method == Method::Ewc).then(|| EwcPenalty::<B>::new(&ewc, cfg.ewc.lambda, &device));
         let penalty = |m: &mut M| -> Option<burn::tensor::Tensor<B, 1>> {
@@ -601,6 +750,17 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
             }
         };
         let mut opt = TaskOptimizer::<M, B>::new(&cfg.train, decayed);
+        let mut first_step = 0;
+        let mut done_secs = 0.0;
+        if let Some((it, dir)) = &mid {
+            opt = opt.load(dir, &device).map_err(|e| TrainError::Config { path: dir.clone(), msg: format!("optimizer state: {e}") })?;
+            for _ in 0..it.steps_done {
+                let _ = batcher.next_batch();
+            }
+            first_step = it.steps_done;
+            done_secs = it.train_secs;
+            tracing::info!(task = %phase_name, step = it.steps_done, "resuming inside the task");
+        }
         let mut param_names: BTreeMap<ParamId, String> = BTreeMap::new();
         model.visit_params(&mut |name, p| {
             let id = match p {
@@ -627,8 +787,9 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
         };
         tracing::info!(task = %phase_name, examples = n_examples, steps, "training");
         let pb = bar(steps, &format!("train {phase_name}"));
-        let (mut first, mut last) = (f64::NAN, f64::NAN);
-        for step in 0..steps {
+        let (mut first, mut last) = mid.as_ref().map_or((f64::NAN, f64::NAN), |(it, _)| (it.first_loss, it.last_loss));
+        pb.inc(first_step as u64);
+        for step in first_step..steps {
             let batch = batcher.next_batch();
             let (m, stats) = train_step(model, &batch, &mut opt, &scx, step, Some(&penalty))?;
             model = m;
@@ -643,14 +804,27 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
             let line = serde_json::json!({"task": phase_name, "task_index": ti, "step": step, "loss": stats.loss, "penalty": stats.penalty, "grad_norm": stats.grad_norm, "lr": cfg.train.lr, "skipped": stats.skipped});
             writeln!(metrics, "{line}").map_err(io_err(&metrics_path))?;
             pb.inc(1);
-            if cx.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) && step + 1 < steps {
-                pb.finish_and_clear();
+            let stop = cx.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+            let every = cfg.train.checkpoint_every;
+            if step + 1 < steps && (stop || (every > 0 && (step + 1) % every == 0)) {
                 metrics.flush().map_err(io_err(&metrics_path))?;
-                let resume = match checkpoints(&cfg.output).pop() {
-                    Some((n, dir)) => format!("`--resume` restarts task {} from the checkpoint {} (same result as an uninterrupted run)", n + 1, dir.display()),
-                    None => "no task has finished yet: `--resume` starts the run again from the base model".to_string(),
+                let in_task = InTask { steps_done: step + 1, first_loss: first, last_loss: last, train_secs: done_secs + t0.elapsed().as_secs_f64() };
+                let state = CheckpointState {
+                    format: STATE_FORMAT,
+                    method: cfg.method,
+                    task_names: names.clone(),
+                    completed: ti,
+                    matrix: matrix.clone(),
+                    tasks: summaries.clone(),
+                    final_dtype: cx.final_dtype,
+                    in_task: Some(in_task),
                 };
-                return Err(TrainError::Interrupted { task: phase_name.clone(), step, resume });
+                let dir = write_step_checkpoint(cx, &model, &opt, &state, &ewc, &olora_prev, &phase_name)?;
+                if stop {
+                    pb.finish_and_clear();
+                    let resume = format!("checkpoint written to {}; `--resume` continues with step {} of this task", dir.display(), step + 1);
+                    return Err(TrainError::Interrupted { task: phase_name.clone(), step, resume });
+                }
             }
             if step % 50 == 0 || step + 1 == steps {
                 tracing::debug!(task = %phase_name, step, loss = stats.loss, grad_norm = stats.grad_norm, "step");
@@ -670,14 +844,24 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
             Method::Ewc => ewc.update(&model, &tasks[ti].train, cfg.ewc.fisher_examples, cfg.ewc.gamma),
             _ => {}
         }
-        let train_secs = t0.elapsed().as_secs_f64();
+        let train_secs = done_secs + t0.elapsed().as_secs_f64();
         tracing::info!(task = %phase_name, first_loss = first, last_loss = last, ?leakage, secs = train_secs as f32, "task trained");
         let t1 = std::time::Instant::now();
         let column = if cfg.method == Method::Mtl { n_tasks } else { ti + 1 };
         evaluate_all(&model, &tasks, &mut matrix, column, cx, None)?;
         summaries.push(TaskSummary { name: phase_name, examples: n_examples, steps, first_loss: first, last_loss: last, train_secs, eval_secs: t1.elapsed().as_secs_f64(), ranks, leakage, calibration });
-        let state = CheckpointState { format: STATE_FORMAT, method: cfg.method, task_names: names.clone(), completed: ti + 1, matrix: matrix.clone(), tasks: summaries.clone(), final_dtype: cx.final_dtype };
+        let state = CheckpointState {
+            format: STATE_FORMAT,
+            method: cfg.method,
+            task_names: names.clone(),
+            completed: ti + 1,
+            matrix: matrix.clone(),
+            tasks: summaries.clone(),
+            final_dtype: cx.final_dtype,
+            in_task: None,
+        };
         let dir = write_checkpoint(cx, &model, &state, &ewc, &olora_prev)?;
+        remove_mid_task_checkpoints(&cfg.output, None);
         tracing::info!(checkpoint = %dir.display(), "checkpoint written");
     }
     // Final predictions for the record.
