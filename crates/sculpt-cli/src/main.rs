@@ -47,6 +47,17 @@ enum Command {
         #[arg(long)]
         resume: bool,
     },
+    /// Print the memory estimate of a run (parameters, trainable and frozen factors, gradients,
+    /// optimizer state, activations with and without checkpointing) without running it.
+    Plan {
+        /// Run config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Sequence length for the activation estimate (default: data.max_prompt_tokens +
+        /// data.max_answer_tokens).
+        #[arg(long)]
+        seq: Option<usize>,
+    },
     /// Run several methods on one stream (the config's `method` is replaced by each) and
     /// tabulate them; writes `<output>/<method>/…`, `<output>/compare.json` and `<output>/report.html`.
     Compare {
@@ -192,8 +203,24 @@ fn run_on<B: burn::tensor::backend::Backend>(command: Command, device: &B::Devic
             println!("{text}");
             Ok(())
         }
+        Command::Plan { config, seq } => {
+            let cfg = sculpt_train::RunConfig::load(&config)?;
+            print!("{}", sculpt_train::plan::plan(&cfg, seq)?.to_text());
+            Ok(())
+        }
         Command::Train { config, resume } => {
             let cfg = sculpt_train::RunConfig::load(&config)?;
+            let rss_start = sculpt_train::plan::rss_bytes();
+            let planned = match sculpt_train::plan::plan(&cfg, None) {
+                Ok(p) => {
+                    tracing::info!("{}", p.to_text().trim_end());
+                    Some(if cfg.train.activation_checkpointing { p.totals().1 } else { p.totals().0 })
+                }
+                Err(e) => {
+                    tracing::warn!("no memory plan: {e}");
+                    None
+                }
+            };
             let opts = sculpt_train::RunOptions { resume, stop: Some(stop_flag()?) };
             use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
             let summary = if cfg.train.activation_checkpointing {
@@ -212,6 +239,15 @@ fn run_on<B: burn::tensor::backend::Backend>(command: Command, device: &B::Devic
             }
             println!("model written to {}", summary.model_dir.display());
             println!("report written to {}", summary.report.display());
+            if let (Some(peak), Some(start)) = (sculpt_train::plan::peak_rss_bytes(), rss_start) {
+                let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+                println!(
+                    "peak resident memory: {:.3} GiB above the {:.3} GiB at start (plan: {})",
+                    gib(peak.saturating_sub(start)),
+                    gib(start),
+                    planned.map_or("–".into(), |p| format!("{:.3} GiB", gib(p)))
+                );
+            }
             Ok(())
         }
         Command::Compare { config, methods, resume } => {

@@ -335,3 +335,31 @@ fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_result() {
     let metrics = |run: &str| std::fs::read_to_string(dir.path().join(run).join("metrics.jsonl")).unwrap();
     assert_eq!(metrics("killed"), metrics("reference"), "the loss curve of the resumed run differs");
 }
+
+/// `sculpt plan` against the measured peak: a 25M-parameter random LLaMA trained with seqft
+/// (weights, gradients and AdamW moments dominate). The process's peak resident memory above
+/// its start must lie within [0.7, 2] × the plan.
+#[test]
+fn memory_plan_matches_the_measured_peak() {
+    let dir = tempfile::tempdir().unwrap();
+    sculpt_train::demo::prepare(dir.path()).unwrap();
+    let dims = sculpt_train::demo::LlamaDims { hidden: 512, intermediate: 1536, layers: 8, heads: 8, kv_heads: 4 };
+    sculpt_train::demo::write_random_llama(&dir.path().join("base-model"), dims, 0).unwrap();
+    let text = sculpt_train::demo::DEMO_CONFIG
+        .replace("output = \"runs\"", "output = \"mem\"\nmethod = \"seqft\"")
+        .replace("epochs = 60", "epochs = 1\nmax_steps = 2")
+        .replace("[eval]", "[eval]\nenabled = false");
+    let cfg = dir.path().join("mem.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let plan = sculpt().args(["plan", "--config"]).arg(&cfg).output().unwrap();
+    let plan_text = String::from_utf8_lossy(&plan.stdout).to_string();
+    assert!(plan.status.success() && plan_text.contains("optimizer state (AdamW"), "{plan_text}");
+    let out = sculpt().args(["train", "--config"]).arg(&cfg).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().find(|l| l.starts_with("peak resident memory")).unwrap_or_else(|| panic!("{stdout}"));
+    let nums: Vec<f64> = line.split(|c: char| !(c.is_ascii_digit() || c == '.')).filter_map(|x| x.parse().ok()).collect();
+    let (measured, planned) = (nums[0], nums[2]);
+    println!("{line}");
+    assert!(measured >= 0.7 * planned && measured <= 2.0 * planned, "{line}\n{plan_text}");
+}

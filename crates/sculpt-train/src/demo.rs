@@ -68,11 +68,35 @@ fn tokenizer_json(vocab: &[String]) -> serde_json::Value {
     })
 }
 
+/// Sizes of a random LLaMA.
+#[derive(Debug, Clone, Copy)]
+pub struct LlamaDims {
+    /// Width.
+    pub hidden: usize,
+    /// MLP width.
+    pub intermediate: usize,
+    /// Blocks.
+    pub layers: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+}
+
+/// The demo's model: 2 layers, width 64, GQA 4/2.
+pub const DEMO_DIMS: LlamaDims = LlamaDims { hidden: 64, intermediate: 128, layers: 2, heads: 4, kv_heads: 2 };
+
 /// Write the tiny random LLaMA (2 layers, width 64, GQA 4/2, untied head) with its tokenizer as a
 /// Hugging Face folder at `dir`.
 pub fn write_model(dir: &Path, seed: u64) -> Result<()> {
+    write_random_llama(dir, DEMO_DIMS, seed)
+}
+
+/// Write a random LLaMA of the given sizes (N(0, 0.02) matrices, unit norms, untied head) with
+/// the demo's tokenizer as a Hugging Face folder at `dir`.
+pub fn write_random_llama(dir: &Path, dims: LlamaDims, seed: u64) -> Result<()> {
     let vocab = vocab();
-    let (d, ff, layers, heads, kv, v) = (64usize, 128usize, 2usize, 4usize, 2usize, vocab.len());
+    let (d, ff, layers, heads, kv, v) = (dims.hidden, dims.intermediate, dims.layers, dims.heads, dims.kv_heads, vocab.len());
     let hd = d / heads;
     let config = serde_json::json!({
         "architectures": ["LlamaForCausalLM"],

@@ -10,6 +10,7 @@ pub mod lm;
 pub mod methods;
 pub mod metrics;
 pub mod optim;
+pub mod plan;
 pub mod report;
 pub mod run;
 pub mod step;

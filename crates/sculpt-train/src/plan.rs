@@ -1,0 +1,303 @@
+//! A memory estimate before a run starts (`sculpt plan --config …`, also logged by `train`):
+//! parameters, trainable factors or adapters, frozen factors, gradients, optimizer state and
+//! activations with and without activation checkpointing, for the configured method, batch and
+//! sequence length, in fp32.
+//!
+//! Parameter shapes come from the checkpoint headers (safetensors) without reading the weights;
+//! a GGUF file is read whole (small models only). Activations are an estimate of what the
+//! autodiff graph keeps per token and layer for sculpt's implementation (see [`activations`]).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use sculpt_osft::targets::{default_targets, TargetSet};
+use serde::Serialize;
+
+use crate::config::{Method, RunConfig};
+use crate::error::{Result, TrainError};
+
+/// One line of the estimate.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanRow {
+    /// What it counts.
+    pub what: String,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// The estimate.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryPlan {
+    /// Model family.
+    pub family: String,
+    /// Method.
+    pub method: Method,
+    /// Parameters in the checkpoint.
+    pub parameters: u64,
+    /// Trainable parameters under the method.
+    pub trainable: u64,
+    /// Everything but activations.
+    pub rows: Vec<PlanRow>,
+    /// Activations without checkpointing.
+    pub activations: u64,
+    /// Activations with `activation_checkpointing = true`.
+    pub activations_checkpointed: u64,
+    /// Batch × sequence length the activations assume.
+    pub batch: usize,
+    /// Sequence length.
+    pub seq: usize,
+}
+
+const F32: u64 = 4;
+
+impl MemoryPlan {
+    /// Total bytes without / with activation checkpointing.
+    pub fn totals(&self) -> (u64, u64) {
+        let base: u64 = self.rows.iter().map(|r| r.bytes).sum();
+        (base + self.activations, base + self.activations_checkpointed)
+    }
+
+    /// A human-readable table.
+    pub fn to_text(&self) -> String {
+        let gib = |b: u64| format!("{:>10.3} GiB", b as f64 / (1u64 << 30) as f64);
+        let mut s = format!(
+            "memory plan: {} {}, {} parameters ({} trainable), batch {} × {} tokens, fp32\n",
+            self.family,
+            self.method.name(),
+            self.parameters,
+            self.trainable,
+            self.batch,
+            self.seq
+        );
+        for r in &self.rows {
+            s.push_str(&format!("  {:<44}{}\n", r.what, gib(r.bytes)));
+        }
+        s.push_str(&format!("  {:<44}{}\n", "activations", gib(self.activations)));
+        s.push_str(&format!("  {:<44}{}\n", "activations (activation_checkpointing)", gib(self.activations_checkpointed)));
+        let (a, b) = self.totals();
+        s.push_str(&format!("  {:<44}{}\n  {:<44}{}\n", "total", gib(a), "total with activation_checkpointing", gib(b)));
+        s
+    }
+}
+
+/// Parameter shapes by name from a Hugging Face folder's safetensors headers, or a GGUF file.
+pub fn parameter_shapes(model: &Path) -> Result<(serde_json::Value, BTreeMap<String, Vec<usize>>)> {
+    let bad = |p: &Path, msg: String| TrainError::Config { path: p.to_path_buf(), msg };
+    if model.is_file() {
+        let g = sculpt_models::gguf::read_gguf(model)?;
+        return Ok((g.config, g.tensors.tensors.into_iter().map(|(n, t)| (n, t.shape)).collect()));
+    }
+    let cfg_path = model.join("config.json");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| TrainError::Io { path: cfg_path.clone(), source: e })?)
+        .map_err(|e| bad(&cfg_path, e.to_string()))?;
+    let mut files = vec![];
+    let index = model.join("model.safetensors.index.json");
+    if index.is_file() {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index).map_err(|e| TrainError::Io { path: index.clone(), source: e })?)
+            .map_err(|e| bad(&index, e.to_string()))?;
+        let mut names: Vec<String> = v["weight_map"].as_object().ok_or_else(|| bad(&index, "no `weight_map`".into()))?.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+        names.sort();
+        names.dedup();
+        files.extend(names.into_iter().map(|n| model.join(n)));
+    } else {
+        files.push(model.join("model.safetensors"));
+    }
+    let mut shapes = BTreeMap::new();
+    for f in files {
+        use std::io::Read;
+        let mut file = std::fs::File::open(&f).map_err(|e| TrainError::Io { path: f.clone(), source: e })?;
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len).map_err(|e| TrainError::Io { path: f.clone(), source: e })?;
+        let n = u64::from_le_bytes(len);
+        if n > 100_000_000 {
+            return Err(bad(&f, format!("safetensors header of {n} bytes is not plausible")));
+        }
+        let mut header = vec![0u8; n as usize];
+        file.read_exact(&mut header).map_err(|e| TrainError::Io { path: f.clone(), source: e })?;
+        let v: serde_json::Value = serde_json::from_slice(&header).map_err(|e| bad(&f, format!("safetensors header: {e}")))?;
+        for (name, t) in v.as_object().ok_or_else(|| bad(&f, "safetensors header is not an object".into()))? {
+            if name == "__metadata__" {
+                continue;
+            }
+            let shape: Vec<usize> = t["shape"].as_array().map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as usize)).collect()).unwrap_or_default();
+            shapes.insert(name.clone(), shape);
+        }
+    }
+    Ok((config, shapes))
+}
+
+/// Activation bytes for `b` sequences of `s` tokens: `(plain, checkpointed)`.
+///
+/// Per layer and token the autodiff graph of sculpt's LLaMA keeps about `8d + 5·q + 3·kv + 5i`
+/// floats (norm inputs and outputs, q/k/v before and after RoPE, the repeated k/v, attention
+/// output, residuals, the SwiGLU branch) plus `3·H·s` for the attention scores, probabilities and
+/// masked scores; balanced checkpointing recomputes the memory-bound (element-wise) ops and keeps
+/// about `4d + 3·q + 2·kv + 3i` and `2·H·s`. T5 blocks are counted the same way (encoder with
+/// self-attention; decoder with self- and cross-attention). The output head adds `3·V` per
+/// token (logits, log-softmax, its gradient).
+pub fn activations(config: &serde_json::Value, b: usize, s: usize) -> (u64, u64) {
+    let get = |k: &str| config.get(k).and_then(|v| v.as_u64()).unwrap_or(0) as f64;
+    let tokens = (b * s) as f64;
+    let (b, s) = (b as f64, s as f64);
+    let (plain, ckpt) = if config.get("model_type").and_then(|v| v.as_str()) == Some("t5") {
+        let (d, ff, h, dkv, v) = (get("d_model"), get("d_ff"), get("num_heads"), get("d_kv"), get("vocab_size"));
+        let q = h * dkv;
+        let enc = get("num_layers");
+        let dec = config.get("num_decoder_layers").and_then(|x| x.as_u64()).map_or(enc, |x| x as f64);
+        let attn = |pl: bool| if pl { 8.0 * d + 8.0 * q + 3.0 * h * s } else { 4.0 * d + 5.0 * q + 2.0 * h * s };
+        let mlp = |pl: bool| if pl { 5.0 * ff } else { 3.0 * ff };
+        let per = |pl: bool| tokens * (enc * (attn(pl) + mlp(pl)) + dec * (2.0 * attn(pl) + mlp(pl)) + 3.0 * v);
+        (per(true), per(false))
+    } else {
+        let (d, i, h, l, v) = (get("hidden_size"), get("intermediate_size"), get("num_attention_heads"), get("num_hidden_layers"), get("vocab_size"));
+        let kvh = config.get("num_key_value_heads").and_then(|x| x.as_u64()).map_or(h, |x| x as f64);
+        let hd = config.get("head_dim").and_then(|x| x.as_u64()).map_or(if h > 0.0 { d / h } else { 0.0 }, |x| x as f64);
+        let (q, kv) = (h * hd, kvh * hd);
+        let plain = tokens * (l * (8.0 * d + 5.0 * q + 3.0 * kv + 5.0 * i + 3.0 * h * s) + 3.0 * v);
+        let ckpt = tokens * (l * (4.0 * d + 3.0 * q + 2.0 * kv + 3.0 * i + 2.0 * h * s) + 3.0 * v);
+        (plain, ckpt)
+    };
+    let _ = b;
+    ((plain * F32 as f64) as u64, (ckpt * F32 as f64) as u64)
+}
+
+/// The estimate for `cfg` (batch `train.batch_size`, sequence `data.max_prompt_tokens +
+/// data.max_answer_tokens` unless `seq` is given).
+pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
+    let (config, shapes) = parameter_shapes(&cfg.model)?;
+    let family = config.get("model_type").and_then(|v| v.as_str()).unwrap_or("llama").to_string();
+    // Tied aliases are stored once.
+    let parameters: u64 = shapes.values().map(|s| s.iter().product::<usize>() as u64).sum();
+    let osft_patterns = cfg.osft.targets.clone().unwrap_or_else(|| default_targets(&family));
+    let lora_patterns = cfg.lora.targets.clone().or_else(|| cfg.osft.targets.clone()).unwrap_or_else(|| default_targets(&family));
+    let matrices = |patterns: &[String]| -> Result<Vec<(String, usize, usize)>> {
+        let t = TargetSet::new(patterns)?;
+        Ok(shapes.iter().filter_map(|(n, s)| n.strip_suffix(".weight").filter(|m| s.len() == 2 && t.matches(m)).map(|m| (m.to_string(), s[0], s[1]))).collect())
+    };
+    let adam = matches!(cfg.train.optimizer, crate::config::OptimizerKind::Adamw);
+    let opt_factor = if adam { 2 } else { 0 };
+    let mut rows = vec![];
+    let trainable: u64;
+    match cfg.method {
+        Method::Osft => {
+            let policy = sculpt_osft::rank::RankPolicy::new(cfg.osft.rank.clone(), &cfg.osft.rank_overrides)?;
+            let (mut dense, mut high, mut low) = (0u64, 0u64, 0u64);
+            for (name, n, m) in matrices(&osft_patterns)? {
+                // The adaptive rule averages ρ = trr over the targets; plan with that.
+                let k = policy.rule_for(&name).retained(n, m, Some(1.0)) as u64;
+                let (n, m) = (n as u64, m as u64);
+                let r = n.min(m) - k;
+                dense += n * m;
+                high += k * (n + m);
+                low += r * (n + m + 1);
+            }
+            let others = parameters - dense;
+            let non_targets_train = if cfg.osft.train_non_targets { others } else { 0 };
+            trainable = low + non_targets_train;
+            rows.push(PlanRow { what: "frozen weights (non-targets + dense W_high)".into(), bytes: F32 * parameters });
+            rows.push(PlanRow { what: "frozen bases U_h, Vt_h (projections)".into(), bytes: F32 * high });
+            rows.push(PlanRow { what: "trainable low factors U_l, s_l, Vt_l".into(), bytes: F32 * low });
+            rows.push(PlanRow { what: "gradients".into(), bytes: F32 * trainable });
+            rows.push(PlanRow { what: format!("optimizer state ({})", if adam { "AdamW: 2 moments" } else { "SGD: none" }), bytes: F32 * opt_factor * trainable });
+        }
+        Method::Lora | Method::Olora => {
+            let r = cfg.lora.rank as u64;
+            let adapters: u64 = matrices(&lora_patterns)?.iter().map(|&(_, n, m)| r.min(n as u64).min(m as u64) * (n + m) as u64).sum();
+            trainable = adapters;
+            rows.push(PlanRow { what: "frozen weights".into(), bytes: F32 * parameters });
+            rows.push(PlanRow { what: format!("LoRA adapters (rank {r})"), bytes: F32 * adapters });
+            rows.push(PlanRow { what: "gradients".into(), bytes: F32 * trainable });
+            rows.push(PlanRow { what: format!("optimizer state ({})", if adam { "AdamW: 2 moments" } else { "SGD: none" }), bytes: F32 * opt_factor * trainable });
+        }
+        _ => {
+            trainable = parameters;
+            rows.push(PlanRow { what: "weights (all trainable)".into(), bytes: F32 * parameters });
+            rows.push(PlanRow { what: "gradients".into(), bytes: F32 * trainable });
+            rows.push(PlanRow { what: format!("optimizer state ({})", if adam { "AdamW: 2 moments" } else { "SGD: none" }), bytes: F32 * opt_factor * trainable });
+            if cfg.method == Method::Ewc {
+                rows.push(PlanRow { what: "EWC Fisher and anchor".into(), bytes: F32 * 2 * parameters });
+            }
+        }
+    }
+    let batch = cfg.train.batch_size;
+    let seq = seq.unwrap_or(cfg.data.max_prompt_tokens + cfg.data.max_answer_tokens);
+    let (activations, activations_checkpointed) = activations(&config, batch, seq);
+    Ok(MemoryPlan { family, method: cfg.method, parameters, trainable, rows, activations, activations_checkpointed, batch, seq })
+}
+
+/// Peak resident memory of this process so far (`VmHWM`), where the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Current resident memory (`VmRSS`).
+pub fn rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Hugging Face folder with a header-only `model.safetensors` (the plan reads shapes only).
+    fn llama_folder(dir: &Path, d: usize, i: usize, layers: usize, heads: usize, kv: usize, vocab: usize) {
+        let hd = d / heads;
+        let mut header = serde_json::Map::new();
+        let mut add = |name: String, shape: Vec<usize>| {
+            header.insert(name, serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [0, 0]}));
+        };
+        add("model.embed_tokens.weight".into(), vec![vocab, d]);
+        add("lm_head.weight".into(), vec![vocab, d]);
+        add("model.norm.weight".into(), vec![d]);
+        for l in 0..layers {
+            let p = format!("model.layers.{l}");
+            add(format!("{p}.input_layernorm.weight"), vec![d]);
+            add(format!("{p}.post_attention_layernorm.weight"), vec![d]);
+            add(format!("{p}.self_attn.q_proj.weight"), vec![heads * hd, d]);
+            add(format!("{p}.self_attn.k_proj.weight"), vec![kv * hd, d]);
+            add(format!("{p}.self_attn.v_proj.weight"), vec![kv * hd, d]);
+            add(format!("{p}.self_attn.o_proj.weight"), vec![d, heads * hd]);
+            add(format!("{p}.mlp.gate_proj.weight"), vec![i, d]);
+            add(format!("{p}.mlp.up_proj.weight"), vec![i, d]);
+            add(format!("{p}.mlp.down_proj.weight"), vec![d, i]);
+        }
+        let h = serde_json::to_vec(&header).unwrap();
+        let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(h);
+        std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+        let cfg = serde_json::json!({"model_type": "llama", "hidden_size": d, "intermediate_size": i, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": vocab});
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    }
+
+    fn cfg(model: &Path, method: &str, extra: &str) -> RunConfig {
+        let text = format!("model = {model:?}\noutput = \"o\"\nmethod = \"{method}\"\n{extra}\n[[tasks]]\nname = \"a\"\ndata = \"a.jsonl\"\n");
+        RunConfig::from_toml(Path::new("/x/run.toml"), &text).unwrap()
+    }
+
+    /// LLaMA-2-7B at unfreeze 0.25, batch 8 × 512 (the README's worked example): the parameter
+    /// count is LLaMA-2-7B's, the low factors are what the rank rule implies, and the totals are
+    /// printed for the README.
+    #[test]
+    fn llama2_7b_worked_example() {
+        let dir = tempfile::tempdir().unwrap();
+        llama_folder(dir.path(), 4096, 11008, 32, 32, 32, 32000);
+        let p = plan(&cfg(dir.path(), "osft", "[train]\nbatch_size = 8\n[osft]\nrank = { rule = \"unfreeze\", fraction = 0.25 }\n"), Some(512)).unwrap();
+        assert_eq!(p.parameters, 6_738_415_616);
+        // Per layer: 4 attention matrices 4096² (R 4096, r 1024) and 3 MLP ones 11008×4096 (R 4096, r 1024).
+        let low_per_layer = 4 * 1024 * (4096 + 4096 + 1) + 3 * 1024 * (11008 + 4096 + 1);
+        assert_eq!(p.trainable, 32 * low_per_layer as u64);
+        let seqft = plan(&cfg(dir.path(), "seqft", "[train]\nbatch_size = 8\n"), Some(512)).unwrap();
+        assert_eq!(seqft.trainable, p.parameters);
+        println!("{}\n{}", p.to_text(), seqft.to_text());
+        let lora = plan(&cfg(dir.path(), "lora", "[train]\nbatch_size = 8\n"), Some(512)).unwrap();
+        assert_eq!(lora.trainable, 32 * 8 * (4 * (4096 + 4096) + 3 * (11008 + 4096)) as u64);
+    }
+}
