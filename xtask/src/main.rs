@@ -6,6 +6,8 @@
 //! cargo xtask bench [forward]        # sculpt vs PyTorch forward tokens/s on SmolLM2 (ratio)
 //! cargo xtask bench svd|step         # decomposition / training step vs PyTorch (+ PEFT)
 //! cargo xtask bench cl               # SmolLM2 on a 4-task CL_Benchmark stream: osft vs seqft vs olora
+//! cargo xtask parity [--backend all]  # case × backend table against the CPU reference
+//! cargo xtask gpu-bundle             # a stripped CUDA binary to carry to a GPU machine
 //! cargo xtask ci                     # what .ci/run runs after installing system packages
 //! ```
 
@@ -23,8 +25,10 @@ fn main() -> ExitCode {
         Some("fetch-smollm2") => fetch_smollm2().map(|p| println!("{}", p.display())),
         Some("bench") => bench(args.get(1).map(String::as_str).unwrap_or("forward"), &args[args.len().min(2)..]),
         Some("ci") => ci(),
+        Some("parity") => parity(&args[1..]),
+        Some("gpu-bundle") => gpu_bundle(),
         _ => Err(format!(
-            "usage: cargo xtask <fetch-smollm2 | bench [forward|svd|step|cl|all] | ci>\n  got: {:?}",
+            "usage: cargo xtask <fetch-smollm2 | bench [forward|svd|step|cl|all] | parity [--backend cpu,wgpu,cuda|all] [--bin PATH] | gpu-bundle | ci>\n  got: {:?}",
             args
         )),
     };
@@ -312,5 +316,119 @@ fn ci() -> Result<(), String> {
     // The projection kernels against their reference, on wgpu (lavapipe in CI); the CUDA cases
     // are `#[ignore]`d without a driver.
     run(cargo().args(["test", "-p", "sculpt-kernels", "--features", "wgpu,cuda"]))?;
+    // The backend parity table, CPU and WGPU columns (WGPU on lavapipe).
+    parity(&["--backend".into(), "cpu,wgpu".into(), "--bin".into(), target_dir().join("debug").join("sculpt").to_string_lossy().to_string()])?;
+    Ok(())
+}
+
+/// `cargo xtask parity`: run `sculpt --backend <b> parity` for each backend (building the binary
+/// with the needed features unless `--bin` names one) and print the case × backend table.
+fn parity(rest: &[String]) -> Result<(), String> {
+    let wanted = flag(rest, "--backend", "all");
+    let backends: Vec<String> = if wanted == "all" { vec!["cpu".into(), "wgpu".into(), "cuda".into()] } else { wanted.split(',').map(|s| s.trim().to_string()).collect() };
+    let bin = match rest.windows(2).find(|w| w[0] == "--bin") {
+        Some(w) => PathBuf::from(&w[1]),
+        None => {
+            let features: Vec<&str> = backends.iter().filter(|b| *b != "cpu").map(String::as_str).collect();
+            let mut c = Command::new("cargo");
+            c.current_dir(root()).args(["build", "-p", "sculpt-cli"]);
+            if !features.is_empty() {
+                c.args(["--features", &features.join(",")]);
+            }
+            run(&mut c)?;
+            target_dir().join("debug").join("sculpt")
+        }
+    };
+    let mut rows: Vec<(String, String, String)> = vec![]; // (case, backend, cell)
+    let mut failed = vec![];
+    let mut skipped = vec![];
+    for b in &backends {
+        let out = Command::new(&bin)
+            .current_dir(root())
+            .args(["--backend", b, "parity", "--fixtures"])
+            .arg(root().join("tests/fixtures/tiny"))
+            .env("SCULPT_LOG", "warn")
+            .output()
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with('{')).collect();
+        if lines.is_empty() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let msg = err.lines().filter(|l| !l.contains("XDG_RUNTIME_DIR")).last().unwrap_or("").to_string();
+            if b == "cuda" {
+                skipped.push(format!("cuda: {msg}"));
+                continue;
+            }
+            return Err(format!("parity on {b} printed no result: {msg}"));
+        }
+        for l in lines {
+            let case = text_field(l, "case").unwrap_or_default();
+            let (err, tol) = (number(l, "max_err").unwrap_or(f64::NAN), number(l, "tol").unwrap_or(f64::NAN));
+            let pass = l.contains("\"pass\":true");
+            if !pass {
+                failed.push(format!("{case} on {b}"));
+            }
+            let tol_text = if tol < 0.01 { format!("{tol:.0e}") } else { format!("{tol}") };
+            rows.push((case, b.clone(), format!("{err:.1e} / {tol_text} {}", if pass { "ok" } else { "FAIL" })));
+        }
+    }
+    let cases: Vec<String> = rows.iter().fold(vec![], |mut v, r| {
+        if !v.contains(&r.0) {
+            v.push(r.0.clone());
+        }
+        v
+    });
+    let cols: Vec<&String> = backends.iter().filter(|b| rows.iter().any(|r| &r.1 == *b)).collect();
+    println!("\nbackend parity against the CPU reference (max error / tolerance):\n");
+    print!("| {:<34} |", "case");
+    for c in &cols {
+        print!(" {c:<22} |");
+    }
+    println!();
+    print!("|{:-<36}|", "");
+    for _ in &cols {
+        print!("{:-<24}|", "");
+    }
+    println!();
+    for case in &cases {
+        print!("| {case:<34} |");
+        for c in &cols {
+            let cell = rows.iter().find(|r| &r.0 == case && &r.1 == *c).map_or("–".to_string(), |r| r.2.clone());
+            print!(" {cell:<22} |");
+        }
+        println!();
+    }
+    for s in &skipped {
+        println!("skipped {s}");
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("parity failed: {}", failed.join(", ")))
+    }
+}
+
+/// Pull `"key": "<text>"` out of a flat JSON line.
+fn text_field(json: &str, key: &str) -> Option<String> {
+    let at = json.find(&format!("\"{key}\""))? + key.len() + 2;
+    let rest = json[at..].trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    Some(rest[..rest.find('"')?].to_string())
+}
+
+/// `cargo xtask gpu-bundle`: build the CUDA binary here (the GPU machine has no Rust toolchain
+/// and no network), strip and gzip it to `target/gpu/sculpt.gz` (small enough to carry), and
+/// print how to run `scripts/gpu-check.sh` with it.
+fn gpu_bundle() -> Result<(), String> {
+    run(Command::new("cargo").current_dir(root()).args(["build", "-p", "sculpt-cli", "--features", "cuda"]))?;
+    let bin = target_dir().join("debug").join("sculpt");
+    let dir = root().join("target").join("gpu");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let stripped = dir.join("sculpt");
+    std::fs::copy(&bin, &stripped).map_err(|e| format!("{}: {e}", bin.display()))?;
+    run(Command::new("strip").arg(&stripped))?;
+    let _ = std::fs::remove_file(dir.join("sculpt.gz"));
+    run(Command::new("gzip").args(["-9"]).arg(&stripped))?;
+    println!("{}", dir.join("sculpt.gz").display());
+    println!("on the GPU machine (device tool): command \"bash scripts/gpu-check.sh target/gpu/sculpt.gz\", carry [\"target/gpu\"]");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `sculpt`: the command-line entry point. Parses arguments, picks the backend, sets up logging.
 
 mod backend;
+mod parity;
 
 use std::path::PathBuf;
 
@@ -57,6 +58,13 @@ enum Command {
         /// data.max_answer_tokens).
         #[arg(long)]
         seq: Option<usize>,
+    },
+    /// Backend parity: kernels, T5 and LLaMA forwards, one OSFT step and a 3-task micro stream on
+    /// the selected backend against the CPU reference; one JSON line per case.
+    Parity {
+        /// The tiny fixtures folder (from a checkout: tests/fixtures/tiny).
+        #[arg(long, default_value = "tests/fixtures/tiny")]
+        fixtures: PathBuf,
     },
     /// Run several methods on one stream (the config's `method` is replaced by each) and
     /// tabulate them; writes `<output>/<method>/…`, `<output>/compare.json` and `<output>/report.html`.
@@ -187,10 +195,10 @@ fn stop_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> 
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    crate::backend::dispatch!(cli.backend, |B, device| run_on::<B>(cli.command, &device))
+    crate::backend::dispatch!(cli.backend, |B, device| run_on::<B>(cli.command, &device, cli.backend))
 }
 
-fn run_on<B: burn::tensor::backend::Backend>(command: Command, device: &B::Device) -> anyhow::Result<()> {
+fn run_on<B: burn::tensor::backend::Backend + sculpt_kernels::ProjectionOps>(command: Command, device: &B::Device, backend: BackendKind) -> anyhow::Result<()> {
     match command {
         Command::Generate { model, prompt, max_new_tokens } => {
             let t0 = std::time::Instant::now();
@@ -202,6 +210,16 @@ fn run_on<B: burn::tensor::backend::Backend>(command: Command, device: &B::Devic
             tracing::info!(tokens = ids.len(), secs, tok_per_s = ids.len() as f32 / secs.max(1e-9), "generated");
             println!("{text}");
             Ok(())
+        }
+        Command::Parity { fixtures } => {
+            let name = format!("{backend:?}").to_lowercase();
+            let rows = parity::run::<B>(&name, device, &fixtures)?;
+            let failed: Vec<&str> = rows.iter().filter(|r| !r.pass()).map(|r| r.case()).collect();
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("parity failed on {name}: {}", failed.join(", ")))
+            }
         }
         Command::Plan { config, seq } => {
             let cfg = sculpt_train::RunConfig::load(&config)?;
