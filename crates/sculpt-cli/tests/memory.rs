@@ -1,0 +1,54 @@
+//! Activation memory: the same OSFT step on long sequences with and without
+//! `activation_checkpointing`, each in its own `sculpt train` process, peak resident memory
+//! measured by the process itself. Checkpointing must lower the peak, and both peaks must lie
+//! within [0.5, 2] × `sculpt plan`'s estimate.
+
+use std::path::Path;
+use std::process::Command;
+
+fn sculpt() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sculpt"));
+    c.env("SCULPT_LOG", "warn");
+    c
+}
+
+/// `(measured GiB above start, planned GiB)` of one training run.
+fn peak(dir: &Path, checkpointing: bool) -> (f64, f64) {
+    let cfg = dir.join(format!("run-{checkpointing}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "model = \"base-model\"\noutput = \"out-{checkpointing}\"\nmethod = \"osft\"\n[train]\nbatch_size = 8\nmax_steps = 2\nlr = 1e-3\nactivation_checkpointing = {checkpointing}\n\
+             [data]\nmax_prompt_tokens = 512\nmax_answer_tokens = 1\n[eval]\nenabled = false\n[[tasks]]\nname = \"long\"\ndata = \"long.jsonl\"\n"
+        ),
+    )
+    .unwrap();
+    let out = sculpt().args(["train", "--config"]).arg(&cfg).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().find(|l| l.starts_with("peak resident memory")).unwrap_or_else(|| panic!("{stdout}"));
+    println!("activation_checkpointing = {checkpointing}: {line}");
+    let nums: Vec<f64> = line.split(|c: char| !(c.is_ascii_digit() || c == '.')).filter_map(|x| x.parse().ok()).collect();
+    (nums[0], nums[2])
+}
+
+#[test]
+fn activation_checkpointing_lowers_the_measured_peak() {
+    let dir = tempfile::tempdir().unwrap();
+    let dims = sculpt_train::demo::LlamaDims { hidden: 256, intermediate: 768, layers: 8, heads: 4, kv_heads: 2 };
+    sculpt_train::demo::write_random_llama(&dir.path().join("base-model"), dims, 0).unwrap();
+    // 8 sequences of 512 tokens (plan: batch 8 × 513).
+    let rows: Vec<String> = (0..8)
+        .map(|r| {
+            let ids: Vec<String> = (0..512).map(|i| ((r * 31 + i * 7) % 40 + 4).to_string()).collect();
+            format!("{{\"input_ids\": [{}]}}", ids.join(", "))
+        })
+        .collect();
+    std::fs::write(dir.path().join("long.jsonl"), rows.join("\n")).unwrap();
+    let (plain, plan_plain) = peak(dir.path(), false);
+    let (ckpt, plan_ckpt) = peak(dir.path(), true);
+    assert!(ckpt < 0.9 * plain, "checkpointing did not lower the peak: {ckpt:.3} vs {plain:.3} GiB");
+    for (m, p) in [(plain, plan_plain), (ckpt, plan_ckpt)] {
+        assert!(m >= 0.5 * p && m <= 2.0 * p, "measured {m:.3} GiB vs plan {p:.3} GiB");
+    }
+}
