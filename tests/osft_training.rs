@@ -278,3 +278,35 @@ fn activation_checkpointing_changes_nothing_but_memory() {
         assert!(max_rel_diff(&wb.tensors[k].data, &t.data) <= 1e-6, "{k} differs with checkpointing");
     }
 }
+
+/// Gradient accumulation: one SGD step over two micro-batches of 4 rows equals one step over
+/// the 8 rows at once (equal token counts, so the mean of the micro-batch means is the batch
+/// mean), up to fp32 summation order.
+#[test]
+fn gradient_accumulation_equals_the_full_batch() {
+    use sculpt_train::step::train_step_accumulated;
+    let name = "llama-tied-tiny";
+    let device = Default::default();
+    let rows: Vec<Vec<u32>> = sculpt::random_ids(1, 8, 10, 90, 7).remove(0);
+    let labels: Vec<Vec<i64>> = rows.iter().map(|r| r.iter().map(|&x| x as i64).collect()).collect();
+    let full = Batch { input_ids: rows.clone(), attention_mask: vec![vec![1; 10]; 8], labels: labels.clone() };
+    let half = |a: usize| Batch { input_ids: rows[a..a + 4].to_vec(), attention_mask: vec![vec![1; 10]; 4], labels: labels[a..a + 4].to_vec() };
+    let train = sgd();
+    let mut out = vec![];
+    for micro in [vec![full], vec![half(0), half(4)]] {
+        let Model::Llama(base) = Pretrained::<Ad>::load(&tiny_fixture(name), &device).unwrap().model else { panic!() };
+        let (model, osft) = Osft::attach(base, &OsftConfig::default(), "llama", None).unwrap();
+        let trainable = osft.low_param_ids();
+        let mut opt = TaskOptimizer::<_, Ad>::new(&train, BTreeSet::new());
+        let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: 0.0, task: "t", names: None, skip_non_finite: false };
+        let (mut m, s) = train_step_accumulated(model, &micro, &mut opt, &cx, 0, None).unwrap();
+        merge(&mut m);
+        out.push((s.loss, s.grad_norm, m.export()));
+    }
+    assert!((out[0].0 - out[1].0).abs() < 1e-6, "loss {} vs {}", out[0].0, out[1].0);
+    assert!((out[0].1 - out[1].1).abs() < 1e-5 * out[0].1, "grad norm {} vs {}", out[0].1, out[1].1);
+    for (k, a) in &out[0].2.tensors {
+        let b = &out[1].2.tensors[k];
+        assert!(max_rel_diff(&b.data, &a.data) < 1e-5, "{k}");
+    }
+}

@@ -281,9 +281,13 @@ pub struct TrainSection {
     /// Passes over each task's data.
     #[serde(default = "d_epochs")]
     pub epochs: usize,
-    /// Upper bound on steps per task.
+    /// Upper bound on optimizer steps per task.
     #[serde(default)]
     pub max_steps: Option<usize>,
+    /// Micro-batches of `batch_size` per optimizer step (gradient accumulation; effective batch
+    /// `batch_size × grad_accumulation`).
+    #[serde(default = "d_one")]
+    pub grad_accumulation: usize,
     /// Learning rate (constant).
     #[serde(default = "d_lr")]
     pub lr: f64,
@@ -336,6 +340,9 @@ fn d_batch() -> usize {
 fn d_epochs() -> usize {
     1
 }
+fn d_one() -> usize {
+    1
+}
 fn d_lr() -> f64 {
     1e-5
 }
@@ -355,6 +362,7 @@ impl Default for TrainSection {
             batch_size: d_batch(),
             epochs: d_epochs(),
             max_steps: None,
+            grad_accumulation: 1,
             lr: d_lr(),
             optimizer: OptimizerKind::Adamw,
             betas: d_betas(),
@@ -464,6 +472,9 @@ impl RunConfig {
         }
         if t.batch_size == 0 {
             return bad("`train.batch_size` must be at least 1".into());
+        }
+        if t.grad_accumulation == 0 {
+            return bad("`train.grad_accumulation` must be at least 1".into());
         }
         if t.epochs == 0 {
             return bad("`train.epochs` must be at least 1".into());

@@ -40,7 +40,7 @@ use crate::lm::LanguageModel;
 use crate::methods::{adapter_a, append_rows, attach_lora, EwcPenalty, EwcState, OloraPenalty};
 use crate::metrics::{AccuracyMatrix, Metrics};
 use crate::optim::TaskOptimizer;
-use crate::step::{train_step, StepContext};
+use crate::step::{train_step_accumulated, StepContext};
 use crate::tasks::{load_task, TaskData, TokenizerInfo};
 
 /// What one training phase (a task; for `mtl` the joint run) did.
@@ -670,7 +670,8 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
             Method::Mtl => cfg.train.epochs,
             _ => cfg.tasks[ti].epochs.unwrap_or(cfg.train.epochs),
         };
-        let mut steps = epochs * batcher.batches_per_epoch();
+        let accum = cfg.train.grad_accumulation;
+        let mut steps = (epochs * batcher.batches_per_epoch()).div_ceil(accum);
         if let Some(max) = cfg.train.max_steps {
             steps = steps.min(max);
         }
@@ -754,7 +755,7 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
         let mut done_secs = 0.0;
         if let Some((it, dir)) = &mid {
             opt = opt.load(dir, &device).map_err(|e| TrainError::Config { path: dir.clone(), msg: format!("optimizer state: {e}") })?;
-            for _ in 0..it.steps_done {
+            for _ in 0..it.steps_done * accum {
                 let _ = batcher.next_batch();
             }
             first_step = it.steps_done;
@@ -790,8 +791,8 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
         let (mut first, mut last) = mid.as_ref().map_or((f64::NAN, f64::NAN), |(it, _)| (it.first_loss, it.last_loss));
         pb.inc(first_step as u64);
         for step in first_step..steps {
-            let batch = batcher.next_batch();
-            let (m, stats) = train_step(model, &batch, &mut opt, &scx, step, Some(&penalty))?;
+            let micro: Vec<sculpt_data::Batch> = (0..accum).map(|_| batcher.next_batch()).collect();
+            let (m, stats) = train_step_accumulated(model, &micro, &mut opt, &scx, step, Some(&penalty))?;
             model = m;
             if stats.skipped {
                 tracing::warn!(task = %phase_name, step, loss = stats.loss, "non-finite loss or gradient: step skipped");

@@ -75,33 +75,95 @@ pub type Penalty<'a, B, M> = &'a dyn Fn(&mut M) -> Option<burn::tensor::Tensor<B
 
 /// One optimizer step on `batch`; `penalty` (when given) is added to the loss.
 pub fn train_step<B: AutodiffBackend, M: LanguageModel<B>>(
-    mut model: M,
+    model: M,
     batch: &Batch,
     opt: &mut TaskOptimizer<M, B>,
     cx: &StepContext<'_, B>,
     step: usize,
     penalty: Option<Penalty<'_, B, M>>,
 ) -> Result<(M, StepStats)> {
-    // forward → loss
-    let mut loss = model.loss(batch);
-    let loss_value = loss.clone().into_scalar().elem::<f64>();
+    train_step_accumulated(model, std::slice::from_ref(batch), opt, cx, step, penalty)
+}
+
+/// Sum `from` into `into` for every trainable parameter.
+fn add_grads<B: AutodiffBackend>(into: &mut GradientsParams, mut from: GradientsParams, trainable: &[(ParamId, usize)]) {
+    for &(id, rank) in trainable {
+        match rank {
+            1 => {
+                if let Some(g) = from.remove::<B::InnerBackend, 1>(id) {
+                    let sum = match into.remove::<B::InnerBackend, 1>(id) {
+                        Some(a) => a + g,
+                        None => g,
+                    };
+                    into.register(id, sum);
+                }
+            }
+            _ => {
+                if let Some(g) = from.remove::<B::InnerBackend, 2>(id) {
+                    let sum = match into.remove::<B::InnerBackend, 2>(id) {
+                        Some(a) => a + g,
+                        None => g,
+                    };
+                    into.register(id, sum);
+                }
+            }
+        }
+    }
+}
+
+/// One optimizer step over the micro-batches `batches` (gradient accumulation): the loss is the
+/// mean of the micro-batch losses (each micro-batch's own token mean, as transformers' Trainer
+/// accumulates), the penalty is added once, and the summed gradients go through projection,
+/// clipping and the update exactly as a single batch's would.
+pub fn train_step_accumulated<B: AutodiffBackend, M: LanguageModel<B>>(
+    mut model: M,
+    batches: &[Batch],
+    opt: &mut TaskOptimizer<M, B>,
+    cx: &StepContext<'_, B>,
+    step: usize,
+    penalty: Option<Penalty<'_, B, M>>,
+) -> Result<(M, StepStats)> {
+    assert!(!batches.is_empty(), "train_step: no batch");
+    let parts = batches.len();
     let skipped = |model: M, loss: f64| Ok((model, StepStats { loss, penalty: f64::NAN, grad_norm: f64::NAN, projection_secs: 0.0, skipped: true }));
-    if !loss_value.is_finite() {
-        if cx.skip_non_finite {
-            return skipped(model, loss_value);
-        }
-        return Err(TrainError::NonFinite { task: cx.task.into(), step, what: format!("loss ({loss_value})") });
-    }
+    let mut loss_sum = 0.0;
     let mut penalty_value = 0.0;
-    if let Some(term) = penalty.and_then(|f| f(&mut model)) {
-        penalty_value = term.clone().into_scalar().elem::<f64>();
-        if !penalty_value.is_finite() {
-            return Err(TrainError::NonFinite { task: cx.task.into(), step, what: format!("penalty ({penalty_value})") });
+    let mut acc: Option<GradientsParams> = None;
+    for (i, batch) in batches.iter().enumerate() {
+        // forward → loss
+        let mut loss = model.loss(batch);
+        let value = loss.clone().into_scalar().elem::<f64>();
+        if !value.is_finite() {
+            if cx.skip_non_finite {
+                return skipped(model, value);
+            }
+            return Err(TrainError::NonFinite { task: cx.task.into(), step, what: format!("loss ({value})") });
         }
-        loss = loss + term;
+        loss_sum += value;
+        if parts > 1 {
+            loss = loss / parts as f64;
+        }
+        if i == 0 {
+            if let Some(term) = penalty.and_then(|f| f(&mut model)) {
+                penalty_value = term.clone().into_scalar().elem::<f64>();
+                if !penalty_value.is_finite() {
+                    return Err(TrainError::NonFinite { task: cx.task.into(), step, what: format!("penalty ({penalty_value})") });
+                }
+                loss = loss + term;
+            }
+        }
+        // backward
+        let g = GradientsParams::from_grads(loss.backward(), &model);
+        acc = Some(match acc {
+            None => g,
+            Some(mut a) => {
+                add_grads::<B>(&mut a, g, cx.trainable);
+                a
+            }
+        });
     }
-    // backward
-    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+    let loss_value = loss_sum / parts as f64;
+    let mut grads = acc.expect("at least one batch");
     // project: dU ← dU − U_h(U_hᵀ dU), dVt ← dVt − (dVt Vt_hᵀ) Vt_h
     let device = model.device();
     let mut projection_secs = 0.0;
