@@ -221,7 +221,7 @@ fn bench_step(rest: &[String]) -> Result<(), String> {
 /// The continual-learning benchmark: `configs/cpu/smollm2-cl4.toml` (SmolLM2-135M, 4
 /// CL_Benchmark tasks) through `sculpt compare`, with the model and data paths made absolute.
 /// Options: `--methods a,b`, `--train N`, `--test N`, `--epochs N`, `--data <CL_Benchmark dir>`,
-/// `--backend cpu|wgpu|cuda`.
+/// `--backend cpu|wgpu|cuda`, `--bin <prebuilt sculpt>`.
 fn bench_cl(rest: &[String]) -> Result<(), String> {
     let data = PathBuf::from(flag(rest, "--data", &root().join("../shared/data/CL_Benchmark").to_string_lossy()));
     if !data.join("TC/agnews/train.json").is_file() {
@@ -253,12 +253,20 @@ fn bench_cl(rest: &[String]) -> Result<(), String> {
     let cfg_path = out.join("smollm2-cl4.toml");
     std::fs::write(&cfg_path, cfg).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
     let t0 = std::time::Instant::now();
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(root()).args(["run", "--profile", "dev", "-p", "sculpt-cli"]);
-    if backend != "cpu" {
-        cmd.args(["--features", &backend]);
-    }
-    cmd.args(["--", "--backend", &backend, "compare", "--methods", &methods, "--config"]).arg(&cfg_path);
+    let mut cmd = match rest.windows(2).find(|w| w[0] == "--bin") {
+        // A prebuilt binary (e.g. the CUDA one from `gpu-bundle`, on a machine without cargo).
+        Some(w) => Command::new(&w[1]),
+        None => {
+            let mut c = Command::new("cargo");
+            c.current_dir(root()).args(["run", "--profile", "dev", "-p", "sculpt-cli"]);
+            if backend != "cpu" {
+                c.args(["--features", &backend]);
+            }
+            c.arg("--");
+            c
+        }
+    };
+    cmd.args(["--backend", &backend, "compare", "--methods", &methods, "--config"]).arg(&cfg_path);
     run(&mut cmd)?;
     println!("cl bench: SmolLM2-135M, 4 tasks (agnews → amazon → dbpedia → yahoo), methods {methods}, wall {:.0} s", t0.elapsed().as_secs_f64());
     println!("reproduce: cargo xtask bench cl {}", rest.join(" "));
