@@ -96,8 +96,9 @@ fn bench(which: &str, rest: &[String]) -> Result<(), String> {
         "svd" => bench_svd(rest),
         "step" => bench_step(rest),
         "cl" => bench_cl(rest),
+        "backends" => bench_backends(rest),
         "all" => bench_forward(rest).and_then(|_| bench_svd(rest)).and_then(|_| bench_step(rest)),
-        other => Err(format!("unknown bench {other:?}; available: forward, svd, step, cl, all (all = forward, svd, step)")),
+        other => Err(format!("unknown bench {other:?}; available: forward, svd, step, cl, backends, all (all = forward, svd, step)")),
     }
 }
 
@@ -214,6 +215,48 @@ fn bench_step(rest: &[String]) -> Result<(), String> {
         (get(&torch, "pytorch-full"), get(&torch, "peft-osf"), get(&lines, "sculpt-full"), get(&lines, "sculpt-osft"))
     {
         println!("tokens/s vs PyTorch: sculpt full FT {:.2}×, sculpt OSFT vs PEFT OSF {:.2}× (goal ≥ 1); PEFT OSF costs {:.2}× its plain step", tf / sf, tp / so, tp / tf);
+    }
+    Ok(())
+}
+
+/// The same forward and OSFT step on each backend (`sculpt bench`), as ratios to the CPU backend
+/// measured in the same run. Options: `--backends cpu,wgpu` (default), `--bin <sculpt>`, and
+/// `--hidden/--layers/--batch/--seq/--reps` passed through.
+fn bench_backends(rest: &[String]) -> Result<(), String> {
+    let backends: Vec<String> = flag(rest, "--backends", "cpu,wgpu").split(',').map(|s| s.trim().to_string()).collect();
+    let bin = match rest.windows(2).find(|w| w[0] == "--bin") {
+        Some(w) => PathBuf::from(&w[1]),
+        None => {
+            let features: Vec<&str> = backends.iter().filter(|b| *b != "cpu").map(String::as_str).collect();
+            let mut c = Command::new("cargo");
+            c.current_dir(root()).args(["build", "-p", "sculpt-cli"]);
+            if !features.is_empty() {
+                c.args(["--features", &features.join(",")]);
+            }
+            run(&mut c)?;
+            target_dir().join("debug").join("sculpt")
+        }
+    };
+    let mut pass: Vec<String> = vec![];
+    for k in ["--hidden", "--layers", "--batch", "--seq", "--reps"] {
+        if let Some(w) = rest.windows(2).find(|w| w[0] == k) {
+            pass.extend([w[0].clone(), w[1].clone()]);
+        }
+    }
+    let mut results: Vec<(String, f64, f64, f64)> = vec![];
+    for b in &backends {
+        let out = Command::new(&bin).args(["--backend", b, "bench"]).args(&pass).env("SCULPT_LOG", "warn").output().map_err(|e| format!("{}: {e}", bin.display()))?;
+        let Some(line) = last_json_line(&out.stdout) else {
+            println!("{b}: no result ({})", String::from_utf8_lossy(&out.stderr).lines().filter(|l| !l.contains("XDG_RUNTIME_DIR")).last().unwrap_or(""));
+            continue;
+        };
+        println!("{line}");
+        results.push((b.clone(), number(&line, "forward_tok_s").unwrap_or(f64::NAN), number(&line, "osft_step_tok_s").unwrap_or(f64::NAN), number(&line, "projection_share").unwrap_or(f64::NAN)));
+    }
+    if let Some(cpu) = results.iter().find(|r| r.0 == "cpu").cloned() {
+        for r in &results {
+            println!("{:<5} forward {:>9.0} tok/s ({:.2}× cpu)   OSFT step {:>8.0} tok/s ({:.2}× cpu)   projections {:.0} % of the step", r.0, r.1, r.1 / cpu.1, r.2, r.2 / cpu.2, 100.0 * r.3);
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `sculpt`: the command-line entry point. Parses arguments, picks the backend, sets up logging.
 
 mod backend;
+mod bench;
 mod parity;
 
 use std::path::PathBuf;
@@ -65,6 +66,25 @@ enum Command {
         /// The tiny fixtures folder (from a checkout: tests/fixtures/tiny).
         #[arg(long, default_value = "tests/fixtures/tiny")]
         fixtures: PathBuf,
+    },
+    /// Time a forward pass and an OSFT training step on a random LLaMA of the given size on the
+    /// selected backend; prints one JSON line (`cargo xtask bench backends` compares backends).
+    Bench {
+        /// Width.
+        #[arg(long, default_value_t = 256)]
+        hidden: usize,
+        /// Blocks.
+        #[arg(long, default_value_t = 4)]
+        layers: usize,
+        /// Sequences per batch.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// Timed repetitions after one warm-up.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
     },
     /// Run several methods on one stream (the config's `method` is replaced by each) and
     /// tabulate them; writes `<output>/<method>/…`, `<output>/compare.json` and `<output>/report.html`.
@@ -220,6 +240,10 @@ fn run_on<B: burn::tensor::backend::Backend + sculpt_kernels::ProjectionOps>(com
             } else {
                 Err(anyhow::anyhow!("parity failed on {name}: {}", failed.join(", ")))
             }
+        }
+        Command::Bench { hidden, layers, batch, seq, reps } => {
+            let name = format!("{backend:?}").to_lowercase();
+            bench::run::<B>(&name, device, &bench::BenchArgs { hidden, layers, batch, seq, reps })
         }
         Command::Plan { config, seq } => {
             let cfg = sculpt_train::RunConfig::load(&config)?;

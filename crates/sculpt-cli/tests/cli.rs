@@ -363,3 +363,15 @@ fn memory_plan_matches_the_measured_peak() {
     println!("{line}");
     assert!(measured >= 0.7 * planned && measured <= 2.0 * planned, "{line}\n{plan_text}");
 }
+
+/// `sculpt bench` prints one JSON line with the forward and OSFT-step throughput.
+#[test]
+fn bench_prints_throughput() {
+    let out = sculpt().args(["bench", "--hidden", "64", "--layers", "1", "--batch", "1", "--seq", "8", "--reps", "1"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    for k in ["forward_tok_s", "osft_step_tok_s", "projection_share"] {
+        assert!(v[k].as_f64().is_some_and(|x| x.is_finite() && x > 0.0), "{k}: {v}");
+    }
+    assert_eq!(v["backend"], "cpu");
+}
