@@ -179,7 +179,16 @@ fn main() -> std::process::ExitCode {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
         Ok(Ok(())) => std::process::ExitCode::SUCCESS,
         Ok(Err(e)) => {
-            eprintln!("error: {e:#}");
+            // The error and its causes, each cause once (our errors already print their source).
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("error: {msg}");
             if e.downcast_ref::<sculpt_train::TrainError>().is_some_and(|t| matches!(t, sculpt_train::TrainError::Interrupted { .. })) {
                 std::process::ExitCode::from(EXIT_INTERRUPTED)
             } else {
