@@ -219,24 +219,27 @@ fn bench_step(rest: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// The `sculpt` binary named by `--bin`, or one built here with the features `backends` need.
+fn sculpt_binary(rest: &[String], backends: &[String]) -> Result<PathBuf, String> {
+    if let Some(w) = rest.windows(2).find(|w| w[0] == "--bin") {
+        return Ok(PathBuf::from(&w[1]));
+    }
+    let features: Vec<&str> = backends.iter().filter(|b| *b != "cpu").map(String::as_str).collect();
+    let mut c = Command::new("cargo");
+    c.current_dir(root()).args(["build", "-p", "sculpt-cli"]);
+    if !features.is_empty() {
+        c.args(["--features", &features.join(",")]);
+    }
+    run(&mut c)?;
+    Ok(target_dir().join("debug").join("sculpt"))
+}
+
 /// The same forward and OSFT step on each backend (`sculpt bench`), as ratios to the CPU backend
 /// measured in the same run. Options: `--backends cpu,wgpu` (default), `--bin <sculpt>`, and
 /// `--hidden/--layers/--batch/--seq/--reps` passed through.
 fn bench_backends(rest: &[String]) -> Result<(), String> {
     let backends: Vec<String> = flag(rest, "--backends", "cpu,wgpu").split(',').map(|s| s.trim().to_string()).collect();
-    let bin = match rest.windows(2).find(|w| w[0] == "--bin") {
-        Some(w) => PathBuf::from(&w[1]),
-        None => {
-            let features: Vec<&str> = backends.iter().filter(|b| *b != "cpu").map(String::as_str).collect();
-            let mut c = Command::new("cargo");
-            c.current_dir(root()).args(["build", "-p", "sculpt-cli"]);
-            if !features.is_empty() {
-                c.args(["--features", &features.join(",")]);
-            }
-            run(&mut c)?;
-            target_dir().join("debug").join("sculpt")
-        }
-    };
+    let bin = sculpt_binary(rest, &backends)?;
     let mut pass: Vec<String> = vec![];
     for k in ["--hidden", "--layers", "--batch", "--seq", "--reps"] {
         if let Some(w) = rest.windows(2).find(|w| w[0] == k) {
@@ -377,19 +380,7 @@ fn ci() -> Result<(), String> {
 fn parity(rest: &[String]) -> Result<(), String> {
     let wanted = flag(rest, "--backend", "all");
     let backends: Vec<String> = if wanted == "all" { vec!["cpu".into(), "wgpu".into(), "cuda".into()] } else { wanted.split(',').map(|s| s.trim().to_string()).collect() };
-    let bin = match rest.windows(2).find(|w| w[0] == "--bin") {
-        Some(w) => PathBuf::from(&w[1]),
-        None => {
-            let features: Vec<&str> = backends.iter().filter(|b| *b != "cpu").map(String::as_str).collect();
-            let mut c = Command::new("cargo");
-            c.current_dir(root()).args(["build", "-p", "sculpt-cli"]);
-            if !features.is_empty() {
-                c.args(["--features", &features.join(",")]);
-            }
-            run(&mut c)?;
-            target_dir().join("debug").join("sculpt")
-        }
-    };
+    let bin = sculpt_binary(rest, &backends)?;
     let mut rows: Vec<(String, String, String)> = vec![]; // (case, backend, cell)
     let mut failed = vec![];
     let mut skipped = vec![];

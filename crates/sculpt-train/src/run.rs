@@ -456,26 +456,28 @@ fn restore_method_state(dir: &Path) -> Result<(EwcState, BTreeMap<String, HostTe
     Ok((ewc, olora))
 }
 
-/// Write the checkpoint after `completed` phases: assembled in a hidden folder, then renamed.
-fn write_checkpoint<B: AutodiffBackend, M: LanguageModel<B>>(
+/// Publish checkpoint `name`: assembled in `checkpoints/.<name>.partial` — the weights by
+/// `write_weights` (which returns the weight files to sync), then the method state and
+/// `state.json` — synced, given a manifest, and renamed into place. A failure removes the partial
+/// folder and leaves every earlier checkpoint as it was.
+fn publish_checkpoint(
     cx: &Ctx<'_>,
-    model: &M,
+    name: &str,
     state: &CheckpointState,
     ewc: &EwcState,
     olora: &BTreeMap<String, HostTensor>,
+    write_weights: impl FnOnce(&Path) -> Result<Vec<PathBuf>>,
 ) -> Result<PathBuf> {
     let root = cx.cfg.output.join("checkpoints");
     std::fs::create_dir_all(&root).map_err(io_err(&root))?;
-    let label = state.tasks.last().map(|t| t.name.replace(['/', '+', ' '], "_")).unwrap_or_default();
-    let name = format!("task-{:02}-{label}", state.completed);
-    let dir = root.join(&name);
+    let dir = root.join(name);
     let tmp = root.join(format!(".{name}.partial"));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
     }
     let written = (|| -> Result<()> {
         std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        cx.files.save(&model.export(), &tmp.join("model"), Some(StoreDtype::F32))?;
+        let mut to_sync = write_weights(&tmp)?;
         let ms = method_state_map(ewc, olora);
         if !ms.tensors.is_empty() {
             let p = tmp.join("method_state");
@@ -484,8 +486,9 @@ fn write_checkpoint<B: AutodiffBackend, M: LanguageModel<B>>(
         }
         let sp = tmp.join("state.json");
         std::fs::write(&sp, serde_json::to_string_pretty(state).expect("json")).map_err(io_err(&sp))?;
+        to_sync.push(sp);
         // Make the contents durable before the rename publishes them.
-        for f in [sp.clone(), tmp.join("model").join("model.safetensors")] {
+        for f in to_sync {
             if let Ok(file) = std::fs::File::open(&f) {
                 file.sync_all().map_err(io_err(&f))?;
             }
@@ -502,6 +505,22 @@ fn write_checkpoint<B: AutodiffBackend, M: LanguageModel<B>>(
     }
     std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
     Ok(dir)
+}
+
+/// The checkpoint after `completed` phases: the model as an f32 Hugging Face folder.
+fn write_checkpoint<B: AutodiffBackend, M: LanguageModel<B>>(
+    cx: &Ctx<'_>,
+    model: &M,
+    state: &CheckpointState,
+    ewc: &EwcState,
+    olora: &BTreeMap<String, HostTensor>,
+) -> Result<PathBuf> {
+    let label = state.tasks.last().map(|t| t.name.replace(['/', '+', ' '], "_")).unwrap_or_default();
+    let name = format!("task-{:02}-{label}", state.completed);
+    publish_checkpoint(cx, &name, state, ewc, olora, |tmp| {
+        cx.files.save(&model.export(), &tmp.join("model"), Some(StoreDtype::F32))?;
+        Ok(vec![tmp.join("model").join("model.safetensors")])
+    })
 }
 
 /// Mid-task checkpoints are superseded by any later checkpoint: remove all but `keep`.
@@ -526,45 +545,15 @@ fn write_step_checkpoint<B: AutodiffBackend, M: LanguageModel<B>>(
     olora: &BTreeMap<String, HostTensor>,
     phase: &str,
 ) -> Result<PathBuf> {
-    let root = cx.cfg.output.join("checkpoints");
-    std::fs::create_dir_all(&root).map_err(io_err(&root))?;
     let steps = state.in_task.map_or(0, |t| t.steps_done);
     let name = format!("task-{:02}-{}-step-{steps:06}", state.completed + 1, phase.replace(['/', '+', ' '], "_"));
-    let dir = root.join(&name);
-    let tmp = root.join(format!(".{name}.partial"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-    }
-    let written = (|| -> Result<()> {
-        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    let dir = publish_checkpoint(cx, &name, state, ewc, olora, |tmp| {
         let rec_err = |p: PathBuf| move |e: burn::record::RecorderError| TrainError::Config { path: p, msg: format!("writing a record: {e}") };
         Recorder::<B>::record(&BinFileRecorder::<FullPrecisionSettings>::new(), model.clone().into_record(), tmp.join("module"))
             .map_err(rec_err(tmp.join("module.bin")))?;
-        opt.save(&tmp).map_err(rec_err(tmp.clone()))?;
-        let ms = method_state_map(ewc, olora);
-        if !ms.tensors.is_empty() {
-            let p = tmp.join("method_state");
-            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
-            sculpt_models::safetensors_io::write_folder(&p, &ms, StoreDtype::F32, sculpt_models::pretrained::DEFAULT_MAX_SHARD_BYTES)?;
-        }
-        let sp = tmp.join("state.json");
-        std::fs::write(&sp, serde_json::to_string_pretty(state).expect("json")).map_err(io_err(&sp))?;
-        for f in ["state.json", "module.bin", "optimizer-decayed.bin", "optimizer-plain.bin"] {
-            if let Ok(file) = std::fs::File::open(tmp.join(f)) {
-                file.sync_all().map_err(io_err(&tmp.join(f)))?;
-            }
-        }
-        write_manifest(&tmp)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&tmp);
-        tracing::error!(checkpoint = %dir.display(), "mid-task checkpoint not written; the earlier checkpoints are untouched");
-        return Err(e);
-    }
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
-    }
-    std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+        opt.save(tmp).map_err(rec_err(tmp.to_path_buf()))?;
+        Ok(["module.bin", "optimizer-decayed.bin", "optimizer-plain.bin"].iter().map(|f| tmp.join(f)).collect())
+    })?;
     remove_mid_task_checkpoints(&cx.cfg.output, Some(&dir));
     tracing::info!(checkpoint = %dir.display(), "mid-task checkpoint written");
     Ok(dir)
