@@ -27,7 +27,7 @@ pub fn greedy_llama<B: Backend>(model: &Llama<B>, prompt: &[u32], max_new_tokens
     let eos = &model.config().eos_token_ids;
     let mut cache = KvCache::new(model.config().num_hidden_layers);
     let mut out = vec![];
-    let mut logits = model.forward(ids_tensor(&[prompt.to_vec()], device), None, Some(&mut cache));
+    let mut logits = model.forward_last(ids_tensor(&[prompt.to_vec()], device), None, Some(&mut cache));
     for _ in 0..max_new_tokens {
         let next = argmax_last(logits);
         out.push(next);
@@ -109,7 +109,7 @@ pub fn greedy_llama_batch<B: Backend>(model: &Llama<B>, prompts: &[Vec<u32>], ma
     let eos = &c.eos_token_ids;
     let mut cache = KvCache::new(c.num_hidden_layers);
     let mut rows = Rows::new(prompts.len());
-    let mut logits = model.forward(ids_tensor(&ids, device), Some(crate::layers::int_tensor(&mask, device)), Some(&mut cache));
+    let mut logits = model.forward_last(ids_tensor(&ids, device), Some(crate::layers::int_tensor(&mask, device)), Some(&mut cache));
     for step in 0..max_new_tokens {
         let next = argmax_rows(logits);
         rows.push(&next, |t| eos.contains(&t));

@@ -3,12 +3,12 @@
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor, TensorData};
 use sculpt_data::Batch;
 use sculpt_models::generate::{greedy_llama_batch, greedy_t5_batch};
 use sculpt_models::layers::{int_tensor, NamedParams};
 use sculpt_models::llama::Llama;
-use sculpt_models::loss::{causal_lm_loss, seq2seq_loss, IGNORE_INDEX};
+use sculpt_models::loss::{causal_lm_loss, cross_entropy, seq2seq_loss, IGNORE_INDEX};
 use sculpt_models::t5::T5;
 
 /// A trainable language model.
@@ -39,8 +39,20 @@ impl<B: AutodiffBackend> LanguageModel<B> for Llama<B> {
         let device = self.model.embed_tokens.weight.device();
         let ids = int_tensor::<B, _>(&batch.input_ids, &device);
         let mask = int_tensor::<B, _>(&batch.attention_mask, &device);
-        let logits = self.forward(ids, Some(mask), None);
-        causal_lm_loss(logits, int_tensor::<B, _>(&batch.labels, &device))
+        let h = self.hidden_states(ids, Some(mask), None);
+        match predicting_positions(&batch.labels) {
+            // The output head (and its backward) only at the positions that predict a counted
+            // label — prompt-only positions contribute nothing to the loss or its gradient.
+            Some((rows, targets)) => {
+                let [b, s, d] = h.dims();
+                let n = rows.len();
+                let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
+                let h = h.reshape([b * s, d]).select(0, rows).reshape([1, n, d]);
+                let logits = self.head(h).reshape([n, self.config().vocab_size]);
+                cross_entropy(logits, Tensor::from_data(TensorData::new(targets, [n]), &device))
+            }
+            None => causal_lm_loss(self.head(h), int_tensor::<B, _>(&batch.labels, &device)),
+        }
     }
     fn family(&self) -> &'static str {
         "llama"
@@ -72,6 +84,22 @@ impl<B: AutodiffBackend> LanguageModel<B> for Llama<B> {
         let device = self.device();
         greedy_llama_batch(&m, prompts, max_new_tokens, &device)
     }
+}
+
+/// The flat positions `r·s + t` (`t < s − 1`) whose next label counts, with those labels — or
+/// `None` when no label counts (the full path then returns transformers' zero loss).
+fn predicting_positions(labels: &[Vec<i64>]) -> Option<(Vec<i64>, Vec<i64>)> {
+    let s = labels.first().map_or(0, Vec::len);
+    let (mut rows, mut targets) = (vec![], vec![]);
+    for (r, row) in labels.iter().enumerate() {
+        for t in 0..s.saturating_sub(1) {
+            if row[t + 1] != IGNORE_INDEX {
+                rows.push((r * s + t) as i64);
+                targets.push(row[t + 1]);
+            }
+        }
+    }
+    (!rows.is_empty()).then_some((rows, targets))
 }
 
 /// transformers' `_shift_right`: decoder inputs are the labels shifted right behind the start
@@ -127,5 +155,62 @@ impl<B: AutodiffBackend> LanguageModel<B> for T5<B> {
         let m = self.valid();
         let device = self.device();
         greedy_t5_batch(&m, prompts, max_new_tokens, &device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demo::{write_random_llama, LlamaDims};
+    use burn::backend::{Autodiff, Flex};
+    use sculpt_models::pretrained::{Model, Pretrained};
+
+    type AB = Autodiff<Flex>;
+
+    /// The head applied only at label-predicting positions gives the full path's loss and
+    /// gradients (prompt positions, padding and a row with no counted label included).
+    #[test]
+    fn the_gathered_head_gives_the_full_loss_and_gradients() {
+        let dir = tempfile::tempdir().unwrap();
+        let dims = LlamaDims { hidden: 32, intermediate: 64, layers: 2, heads: 4, kv_heads: 2 };
+        write_random_llama(dir.path(), dims, 7).unwrap();
+        let device = Default::default();
+        let Model::Llama(m) = Pretrained::<AB>::load(dir.path(), &device).unwrap().model else { panic!("llama") };
+        let batch = Batch {
+            input_ids: vec![vec![5, 6, 7, 8, 9, 10], vec![11, 12, 13, 14, 0, 0], vec![3, 4, 5, 6, 7, 8]],
+            attention_mask: vec![vec![1; 6], vec![1, 1, 1, 1, 0, 0], vec![1; 6]],
+            labels: vec![vec![-100, -100, -100, 8, 9, 10], vec![-100, -100, 13, 14, -100, -100], vec![-100; 6]],
+        };
+        let gathered = m.loss(&batch);
+        let full = {
+            let ids = int_tensor::<AB, _>(&batch.input_ids, &device);
+            let mask = int_tensor::<AB, _>(&batch.attention_mask, &device);
+            causal_lm_loss(m.forward(ids, Some(mask), None), int_tensor::<AB, _>(&batch.labels, &device))
+        };
+        let (a, b) = (gathered.clone().into_scalar(), full.clone().into_scalar());
+        assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "loss {a} vs {b}");
+        let (ga, gb) = (gathered.backward(), full.backward());
+        let mut worst = 0.0f32;
+        m.visit_params(&mut |name, p| {
+            let (x, y) = match p {
+                sculpt_models::layers::ParamRef::Matrix(t) => {
+                    (t.grad(&ga).expect(name).into_data().to_vec::<f32>().unwrap(), t.grad(&gb).expect(name).into_data().to_vec::<f32>().unwrap())
+                }
+                sculpt_models::layers::ParamRef::Vector(t) => {
+                    (t.grad(&ga).expect(name).into_data().to_vec::<f32>().unwrap(), t.grad(&gb).expect(name).into_data().to_vec::<f32>().unwrap())
+                }
+            };
+            for (x, y) in x.iter().zip(&y) {
+                worst = worst.max((x - y).abs() / y.abs().max(1e-3));
+            }
+        });
+        assert!(worst <= 1e-4, "worst relative gradient difference {worst}");
+    }
+
+    #[test]
+    fn predicting_positions_are_the_shifted_counted_labels() {
+        let labels = vec![vec![-100, 4, 5], vec![-100, -100, -100], vec![1, -100, 2]];
+        assert_eq!(predicting_positions(&labels), Some((vec![0, 1, 7], vec![4, 5, 2])));
+        assert_eq!(predicting_positions(&[vec![-100, -100]]), None);
     }
 }
