@@ -180,6 +180,43 @@ fn text_formats_train_and_evaluate_on_both_families() {
     assert_eq!(s.results.matrix.tasks, ["agnews", "copa"]);
 }
 
+/// TRACE's generation metrics score the stream: each matrix entry is the mean of its examples'
+/// scores under the task's `metric`, recomputed here from the kept predictions.
+#[test]
+fn generation_metrics_score_the_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    write_trace_task(&dir.path().join("sum"), &[("Summarise: the cat sat on the mat", "cat on mat"), ("Summarise: a dog ran far", "dog ran")]);
+    write_trace_task(&dir.path().join("code"), &[("def f(x):", "return x + 1"), ("def g(y):", "return y * 2")]);
+    write_trace_task(&dir.path().join("simp"), &[("Simplify: the committee decided to postpone it", "it is postponed")]);
+    let text = format!(
+        "model = {:?}\noutput = \"out\"\nmethod = \"seqft\"\n[train]\nbatch_size = 2\nmax_steps = 3\nlr = 1e-2\n[eval]\nmax_new_tokens = 6\n\
+         [[tasks]]\nname = \"sum\"\ndata = \"sum\"\nformat = \"trace\"\nmetric = \"rouge_l\"\n\
+         [[tasks]]\nname = \"code\"\ndata = \"code\"\nformat = \"trace\"\nmetric = \"edit_similarity\"\n\
+         [[tasks]]\nname = \"simp\"\ndata = \"simp\"\nformat = \"trace\"\nmetric = \"sari\"\n",
+        tiny_fixture("llama-tied-tiny")
+    );
+    let cfg = RunConfig::from_toml(&dir.path().join("run.toml"), &text).unwrap();
+    let s = train_with::<Ad>(&cfg, &Default::default(), RunOptions::default()).unwrap();
+    let metrics = [sculpt_data::Metric::RougeL, sculpt_data::Metric::EditSimilarity, sculpt_data::Metric::Sari];
+    let sources = [vec!["Summarise: the cat sat on the mat", "Summarise: a dog ran far"], vec!["def f(x):", "def g(y):"], vec!["Simplify: the committee decided to postpone it"]];
+    for (i, name) in ["sum", "code", "simp"].iter().enumerate() {
+        // The final evaluation keeps every prediction of these small tasks (≤ 5 each).
+        let kept: Vec<_> = s.results.samples.iter().filter(|x| x.task == *name).collect();
+        assert_eq!(kept.len(), sources[i].len(), "{name}");
+        let mut sum = 0.0;
+        for (x, src) in kept.iter().zip(&sources[i]) {
+            let want = metrics[i].score(&x.prediction, &x.answer, src);
+            assert!((x.score - want).abs() < 1e-12, "{name}: {} vs {want}", x.score);
+            sum += want;
+        }
+        let entry = s.results.matrix.acc[i][3].expect("evaluated");
+        assert!((entry - sum / kept.len() as f64).abs() < 1e-9, "{name}: matrix {entry} vs mean {}", sum / kept.len() as f64);
+    }
+    // SARI is never 0 for a non-empty source (deleting nothing still keeps n-grams), unlike
+    // exact match on an untrained model: the metric really is SARI.
+    assert!(s.results.matrix.acc[2][0].unwrap() > 0.0);
+}
+
 #[test]
 fn bad_task_data_is_reported_before_training() {
     let dir = tempfile::tempdir().unwrap();

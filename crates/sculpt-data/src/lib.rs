@@ -3,9 +3,11 @@
 pub mod batch;
 pub mod error;
 pub mod pretokenized;
+pub mod score;
 pub mod text;
 
 pub use batch::{Batch, Batcher};
 pub use error::{DataError, Result};
 pub use pretokenized::{read_pretokenized, Example};
+pub use score::Metric;
 pub use text::{exact_match, normalize_answer, Split, TextExample};

@@ -99,6 +99,10 @@ pub struct TaskConfig {
     /// Passes over this task's data (default: `train.epochs`).
     #[serde(default)]
     pub epochs: Option<usize>,
+    /// How predictions are scored (default `exact_match`; TRACE: `rouge_l` for MeetingBank,
+    /// `edit_similarity` for Py150, `sari` for 20Minuten).
+    #[serde(default)]
+    pub metric: Option<sculpt_data::Metric>,
 }
 
 /// What to do with a prompt or answer longer than its limit.
@@ -184,6 +188,10 @@ pub struct LoraSection {
     /// Target regexes (default: the OSFT targets of the family).
     #[serde(default)]
     pub targets: Option<Vec<String>>,
+    /// The adapters' learning rate (default: `train.lr`). Adapters usually want a larger one
+    /// than full fine-tuning (O-LoRA trains with 1e-3).
+    #[serde(default)]
+    pub lr: Option<f64>,
 }
 
 fn d_lora_rank() -> usize {
@@ -195,7 +203,7 @@ fn d_lora_alpha() -> f64 {
 
 impl Default for LoraSection {
     fn default() -> Self {
-        LoraSection { rank: d_lora_rank(), alpha: d_lora_alpha(), targets: None }
+        LoraSection { rank: d_lora_rank(), alpha: d_lora_alpha(), targets: None, lr: None }
     }
 }
 
@@ -424,6 +432,15 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// The learning rate the method trains with: `lora.lr` for the adapter methods when set,
+    /// else `train.lr`.
+    pub fn lr(&self) -> f64 {
+        match self.method {
+            Method::Lora | Method::Olora => self.lora.lr.unwrap_or(self.train.lr),
+            _ => self.train.lr,
+        }
+    }
+
     /// Parse TOML text (`path` names the file in errors; relative paths resolve against its folder).
     pub fn from_toml(path: &Path, text: &str) -> Result<Self> {
         let mut cfg: RunConfig = toml::from_str(text).map_err(|e| TrainError::Config { path: path.to_path_buf(), msg: e.to_string() })?;
@@ -497,6 +514,11 @@ impl RunConfig {
         }
         if self.data.max_train_examples == Some(0) || self.data.max_eval_examples == Some(0) {
             return bad("`data.max_train_examples` / `data.max_eval_examples` must be at least 1 when set".into());
+        }
+        if let Some(lr) = self.lora.lr {
+            if !(lr.is_finite() && lr > 0.0) {
+                return bad(format!("`lora.lr` must be a positive number, got {lr}"));
+            }
         }
         if self.lora.rank == 0 || !(self.lora.alpha.is_finite() && self.lora.alpha > 0.0) {
             return bad(format!("`lora.rank` must be ≥ 1 and `lora.alpha` > 0, got {} and {}", self.lora.rank, self.lora.alpha));

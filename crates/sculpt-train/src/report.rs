@@ -190,10 +190,21 @@ pub fn render(title: &str, runs: &[ReportRun]) -> String {
         }
         let _ = write!(s, "<h3>{}</h3><table><tr><th>task</th><th>answer</th><th>prediction</th><th>ok</th></tr>", esc(&r.name));
         for x in &r.results.samples {
-            let _ = write!(s, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", esc(&x.task), esc(&x.answer), esc(&x.prediction), if x.correct { "✓" } else { "✗" });
+            let _ = write!(s, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", esc(&x.task), esc(&x.answer), esc(&x.prediction), mark(x));
         }
         s.push_str("</table>");
     }
     s.push_str("</body></html>\n");
     s
+}
+
+/// ✓ / ✗ for an all-or-nothing score, the score itself otherwise (ROUGE-L, SARI, …).
+fn mark(x: &crate::run::Sample) -> String {
+    if x.correct {
+        "✓".into()
+    } else if x.score > 0.0 {
+        format!("{:.2}", x.score)
+    } else {
+        "✗".into()
+    }
 }

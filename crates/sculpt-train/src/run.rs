@@ -25,7 +25,7 @@ use burn::module::ParamId;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
-use sculpt_data::{exact_match, Batcher, Example};
+use sculpt_data::{Batcher, Example};
 use sculpt_models::layers::{NamedParams, ParamRef};
 use sculpt_models::{HostTensor, Model, ModelFiles, Pretrained, StoreDtype, TensorMap};
 use sculpt_osft::importance::{measure, CalibrationMask};
@@ -77,8 +77,11 @@ pub struct Sample {
     pub answer: String,
     /// What the model generated.
     pub prediction: String,
-    /// Exact match after normalisation.
+    /// Scored full marks (for exact match: equal after normalisation).
     pub correct: bool,
+    /// The task metric's score of this prediction, in `[0, 1]`.
+    #[serde(default)]
+    pub score: f64,
 }
 
 /// `results.json`.
@@ -380,17 +383,17 @@ fn evaluate<B: AutodiffBackend, M: LanguageModel<B>>(model: &M, task: &TaskData,
         return Ok(None);
     }
     let pb = bar(task.eval.len(), &format!("eval {}", task.name));
-    let mut correct = 0usize;
+    let mut total = 0.0f64;
     let mut kept = vec![];
     for chunk in task.eval.chunks(16) {
         let prompts: Vec<Vec<u32>> = chunk.iter().map(|e| e.prompt_ids.clone()).collect();
         let outs = model.greedy(&prompts, cx.cfg.eval.max_new_tokens);
         for (e, out) in chunk.iter().zip(outs) {
             let text = cx.files.tokenizer.decode(&out, true).map_err(|err| TrainError::Config { path: cx.files.source.clone(), msg: format!("tokenizer decode: {err}") })?;
-            let ok = exact_match(&text, &e.answer);
-            correct += usize::from(ok);
+            let score = task.metric.score(&text, &e.answer, &e.source);
+            total += score;
             if kept.len() < 5 {
-                kept.push(Sample { task: task.name.clone(), answer: e.answer.clone(), prediction: text, correct: ok });
+                kept.push(Sample { task: task.name.clone(), answer: e.answer.clone(), prediction: text, correct: score >= 1.0, score });
             }
         }
         pb.inc(chunk.len() as u64);
@@ -399,7 +402,7 @@ fn evaluate<B: AutodiffBackend, M: LanguageModel<B>>(model: &M, task: &TaskData,
     if let Some(s) = samples {
         s.extend(kept);
     }
-    Ok(Some(correct as f64 / task.eval.len() as f64))
+    Ok(Some(total / task.eval.len() as f64))
 }
 
 fn evaluate_all<B: AutodiffBackend, M: LanguageModel<B>>(
@@ -769,7 +772,7 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
         let scx = StepContext {
             osft: osft.as_ref(),
             trainable: &trainable,
-            lr: cfg.train.lr,
+            lr: cfg.lr(),
             max_grad_norm: cfg.train.max_grad_norm,
             task: &phase_name,
             names: Some(&param_names),
@@ -791,7 +794,7 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
                 }
                 last = stats.loss;
             }
-            let line = serde_json::json!({"task": phase_name, "task_index": ti, "step": step, "loss": stats.loss, "penalty": stats.penalty, "grad_norm": stats.grad_norm, "lr": cfg.train.lr, "skipped": stats.skipped});
+            let line = serde_json::json!({"task": phase_name, "task_index": ti, "step": step, "loss": stats.loss, "penalty": stats.penalty, "grad_norm": stats.grad_norm, "lr": cfg.lr(), "skipped": stats.skipped});
             writeln!(metrics, "{line}").map_err(io_err(&metrics_path))?;
             pb.inc(1);
             let stop = cx.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
@@ -858,7 +861,7 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
     let mut samples = vec![];
     if cfg.eval.enabled {
         for t in &tasks {
-            let few = TaskData { name: t.name.clone(), train: vec![], eval: t.eval.iter().take(5).cloned().collect() };
+            let few = TaskData { name: t.name.clone(), train: vec![], eval: t.eval.iter().take(5).cloned().collect(), metric: t.metric };
             evaluate(&model, &few, cx, Some(&mut samples))?;
         }
     }

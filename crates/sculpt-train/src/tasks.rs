@@ -14,7 +14,7 @@ use std::path::Path;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use sculpt_data::text::{read_chat, read_olora, read_trace, Message};
-use sculpt_data::{read_pretokenized, Example, Split, TextExample};
+use sculpt_data::{read_pretokenized, Example, Metric, Split, TextExample};
 use sculpt_models::loss::IGNORE_INDEX;
 use tokenizers::Tokenizer;
 
@@ -28,6 +28,8 @@ pub struct EvalExample {
     pub prompt_ids: Vec<u32>,
     /// The expected answer text.
     pub answer: String,
+    /// The prompt text (SARI scores edits against it; empty for pre-tokenized data).
+    pub source: String,
 }
 
 /// A task, ready to train and evaluate.
@@ -39,6 +41,8 @@ pub struct TaskData {
     pub train: Vec<Example>,
     /// Evaluation examples (empty when the task has no test data).
     pub eval: Vec<EvalExample>,
+    /// How its predictions are scored.
+    pub metric: Metric,
 }
 
 /// What the tokenizer side needs to know about the model.
@@ -131,7 +135,7 @@ pub fn tokenize(info: &TokenizerInfo<'_>, ex: &TextExample, limits: &DataSection
     } else {
         Example { input_ids: prompt.clone(), labels: answer.iter().map(|&t| t as i64).collect() }
     };
-    Ok((train, EvalExample { prompt_ids: prompt, answer: ex.answer.clone() }))
+    Ok((train, EvalExample { prompt_ids: prompt, answer: ex.answer.clone(), source: ex.prompt.clone() }))
 }
 
 /// An evaluation example from a pre-tokenized one: the prompt is the unlabelled prefix
@@ -147,7 +151,7 @@ fn eval_from_tokens(info: &TokenizerInfo<'_>, ex: &Example, path: &Path, index: 
         return Err(data_err(path, index, "the labelled part starts at position 0: nothing to prompt with".into()));
     }
     let answer = info.tokenizer.decode(&answer_ids, true).map_err(|e| data_err(path, index, format!("tokenizer: {e}")))?;
-    Ok(EvalExample { prompt_ids, answer })
+    Ok(EvalExample { prompt_ids, answer, source: String::new() })
 }
 
 /// Render a conversation with the model's chat template (Jinja, as transformers'
@@ -222,5 +226,5 @@ pub fn load_task(info: &TokenizerInfo<'_>, task: &TaskConfig, cfg: &RunConfig, i
     if train.is_empty() {
         return Err(TrainError::Data(sculpt_data::DataError::Empty { path: task.data.clone() }));
     }
-    Ok(TaskData { name: task.name.clone(), train, eval })
+    Ok(TaskData { name: task.name.clone(), train, eval, metric: task.metric.unwrap_or_default() })
 }
