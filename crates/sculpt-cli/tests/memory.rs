@@ -14,11 +14,15 @@ fn sculpt() -> Command {
 
 /// `(measured GiB above start, planned GiB)` of one training run.
 fn peak(dir: &Path, checkpointing: bool) -> (f64, f64) {
-    let cfg = dir.join(format!("run-{checkpointing}.toml"));
+    peak_with(dir, checkpointing, "fp32")
+}
+
+fn peak_with(dir: &Path, checkpointing: bool, precision: &str) -> (f64, f64) {
+    let cfg = dir.join(format!("run-{checkpointing}-{precision}.toml"));
     std::fs::write(
         &cfg,
         format!(
-            "model = \"base-model\"\noutput = \"out-{checkpointing}\"\nmethod = \"osft\"\n[train]\nbatch_size = 8\nmax_steps = 2\nlr = 1e-3\nactivation_checkpointing = {checkpointing}\n\
+            "model = \"base-model\"\noutput = \"out-{checkpointing}-{precision}\"\nmethod = \"osft\"\n[train]\nbatch_size = 8\nmax_steps = 2\nlr = 1e-3\nactivation_checkpointing = {checkpointing}\nprecision = \"{precision}\"\n\
              [data]\nmax_prompt_tokens = 512\nmax_answer_tokens = 1\n[eval]\nenabled = false\n[[tasks]]\nname = \"long\"\ndata = \"long.jsonl\"\n"
         ),
     )
@@ -27,16 +31,14 @@ fn peak(dir: &Path, checkpointing: bool) -> (f64, f64) {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let line = stdout.lines().find(|l| l.starts_with("peak resident memory")).unwrap_or_else(|| panic!("{stdout}"));
-    println!("activation_checkpointing = {checkpointing}: {line}");
+    println!("activation_checkpointing = {checkpointing}, precision = {precision}: {line}");
     let nums: Vec<f64> = line.split(|c: char| !(c.is_ascii_digit() || c == '.')).filter_map(|x| x.parse().ok()).collect();
     (nums[0], nums[2])
 }
 
-#[test]
-fn activation_checkpointing_lowers_the_measured_peak() {
-    let dir = tempfile::tempdir().unwrap();
+fn long_sequences(dir: &Path) {
     let dims = sculpt_train::demo::LlamaDims { hidden: 256, intermediate: 768, layers: 8, heads: 4, kv_heads: 2 };
-    sculpt_train::demo::write_random_llama(&dir.path().join("base-model"), dims, 0).unwrap();
+    sculpt_train::demo::write_random_llama(&dir.join("base-model"), dims, 0).unwrap();
     // 8 sequences of 512 tokens (plan: batch 8 × 513).
     let rows: Vec<String> = (0..8)
         .map(|r| {
@@ -44,11 +46,27 @@ fn activation_checkpointing_lowers_the_measured_peak() {
             format!("{{\"input_ids\": [{}]}}", ids.join(", "))
         })
         .collect();
-    std::fs::write(dir.path().join("long.jsonl"), rows.join("\n")).unwrap();
+    std::fs::write(dir.join("long.jsonl"), rows.join("\n")).unwrap();
+}
+
+#[test]
+fn activation_checkpointing_lowers_the_measured_peak() {
+    let dir = tempfile::tempdir().unwrap();
+    long_sequences(dir.path());
     let (plain, plan_plain) = peak(dir.path(), false);
     let (ckpt, plan_ckpt) = peak(dir.path(), true);
     assert!(ckpt < 0.9 * plain, "checkpointing did not lower the peak: {ckpt:.3} vs {plain:.3} GiB");
     for (m, p) in [(plain, plan_plain), (ckpt, plan_ckpt)] {
         assert!(m >= 0.5 * p && m <= 2.0 * p, "measured {m:.3} GiB vs plan {p:.3} GiB");
     }
+}
+
+#[test]
+fn bf16_mixed_precision_lowers_the_measured_peak() {
+    let dir = tempfile::tempdir().unwrap();
+    long_sequences(dir.path());
+    let (fp32, _) = peak_with(dir.path(), false, "fp32");
+    let (bf16, plan_bf16) = peak_with(dir.path(), false, "bf16");
+    assert!(bf16 < fp32, "bf16 did not lower the peak: {bf16:.3} vs {fp32:.3} GiB");
+    assert!(bf16 >= 0.5 * plan_bf16 && bf16 <= 2.0 * plan_bf16, "measured {bf16:.3} GiB vs plan {plan_bf16:.3} GiB");
 }

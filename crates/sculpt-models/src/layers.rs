@@ -7,7 +7,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 
 use crate::error::Result;
 use crate::host::{HostTensor, TensorMap};
@@ -113,6 +113,28 @@ pub struct Linear<B: Backend> {
     /// Input observer (calibration only).
     #[module(skip)]
     pub probe: InputProbe,
+    /// The precision the matrix products run in (the parameters stay fp32).
+    #[module(skip)]
+    pub compute: ComputeDtype,
+}
+
+/// The precision of a linear layer's matrix products. `Bf16` is mixed precision: the fp32
+/// parameters (the master weights the optimizer and the OSFT projections work on) and the input
+/// are cast to bf16 for the products, the output is cast back to fp32 (so norms, softmax, the
+/// residual stream, logits and loss stay fp32), and gradients flow back through the casts into
+/// fp32 parameter gradients. The activations saved for the backward pass are the bf16 copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ComputeDtype {
+    /// fp32 products.
+    #[default]
+    F32,
+    /// bf16 products, fp32 everything else.
+    Bf16,
+}
+
+/// Set the compute precision of every linear layer of `model` (attached low-rank terms included).
+pub fn set_compute_dtype<B: Backend, M: NamedParams<B>>(model: &mut M, compute: ComputeDtype) {
+    model.visit_linears_mut(&mut |_, lin| lin.compute = compute);
 }
 
 impl<B: Backend> Linear<B> {
@@ -120,7 +142,7 @@ impl<B: Backend> Linear<B> {
     pub fn load(map: &mut TensorMap, prefix: &str, d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Result<Self> {
         let weight = load_param(map, &format!("{prefix}.weight"), [d_out, d_in], device)?;
         let bias = if bias { Some(load_param(map, &format!("{prefix}.bias"), [d_out], device)?) } else { None };
-        Ok(Linear { weight, bias, delta: None, probe: InputProbe::none() })
+        Ok(Linear { weight, bias, delta: None, probe: InputProbe::none(), compute: ComputeDtype::F32 })
     }
 
     /// The effective dense weight `W + U diag(s) Vt`, `[out, in]`.
@@ -140,7 +162,17 @@ impl<B: Backend> Linear<B> {
         }
     }
 
-    /// `x: [b, s, in] → [b, s, out]`.
+    /// `x` in this layer's compute precision. Layers that read the same input (q/k/v,
+    /// gate/up) share one cast this way: a bf16 input passes through [`Linear::forward`]'s own
+    /// cast unchanged, so the backward pass keeps one bf16 copy instead of one per layer.
+    pub fn compute_input(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        match self.compute {
+            ComputeDtype::F32 => x,
+            ComputeDtype::Bf16 => x.cast(FloatDType::BF16),
+        }
+    }
+
+    /// `x: [b, s, in] → [b, s, out]` (fp32 out whatever the compute precision).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, s, d_in] = x.dims();
         let w = self.weight.val();
@@ -149,10 +181,22 @@ impl<B: Backend> Linear<B> {
         if let Some(probe) = self.probe.get::<B>() {
             probe(x.clone());
         }
-        let mut y = x.clone().matmul(w.transpose());
+        let lowp = |t: Tensor<B, 2>| match self.compute {
+            ComputeDtype::F32 => t,
+            ComputeDtype::Bf16 => t.cast(FloatDType::BF16),
+        };
+        let x = lowp(x);
+        let mut y = x.clone().matmul(lowp(w).transpose());
         if let Some(d) = &self.delta {
             // ((x Vtᵀ) ⊙ s) Uᵀ: r(in + out) multiply-adds per token, never the dense product.
-            y = y + (x.matmul(d.vt.val().transpose()) * d.s.val().unsqueeze::<2>()).matmul(d.u.val().transpose());
+            let lowp1 = |t: Tensor<B, 1>| match self.compute {
+                ComputeDtype::F32 => t,
+                ComputeDtype::Bf16 => t.cast(FloatDType::BF16),
+            };
+            y = y + (x.matmul(lowp(d.vt.val()).transpose()) * lowp1(d.s.val()).unsqueeze::<2>()).matmul(lowp(d.u.val()).transpose());
+        }
+        if self.compute != ComputeDtype::F32 {
+            y = y.cast(FloatDType::F32);
         }
         let y = match &self.bias {
             Some(bias) => y + bias.val().unsqueeze::<2>(),

@@ -350,6 +350,7 @@ impl<B: Backend> LlamaAttention<B> {
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let split = |t: Tensor<B, 3>, heads: usize| t.reshape([b, s, heads, d]).swap_dims(1, 2);
+        let x = self.q_proj.compute_input(x);
         let q = apply_rope(split(self.q_proj.forward(x.clone()), h), &rope.0, &rope.1);
         let mut k = apply_rope(split(self.k_proj.forward(x.clone()), kvh), &rope.0, &rope.1);
         let mut v = split(self.v_proj.forward(x), kvh);
@@ -380,6 +381,7 @@ impl<B: Backend> LlamaAttention<B> {
 
 impl<B: Backend> LlamaMlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = self.gate_proj.compute_input(x);
         self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
     }
 }

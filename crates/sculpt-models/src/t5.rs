@@ -248,6 +248,7 @@ impl<B: Backend> T5Attention<B> {
 
     /// Keys and values `[b, h, t, d_kv]` for `kv_input: [b, t, d_model]`.
     fn kv(&self, kv_input: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let kv_input = self.k.compute_input(kv_input);
         (self.heads(self.k.forward(kv_input.clone())), self.heads(self.v.forward(kv_input)))
     }
 
@@ -299,6 +300,7 @@ impl<B: Backend> T5DenseReluDense<B> {
     }
 
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = self.wi_0.compute_input(x);
         let h = self.wi_0.forward(x.clone());
         let h = match self.act {
             T5Act::Relu => relu(h),

@@ -105,6 +105,17 @@ pub struct TaskConfig {
     pub metric: Option<sculpt_data::Metric>,
 }
 
+/// Training precision (`[train] precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in fp32.
+    #[default]
+    Fp32,
+    /// bf16 matrix products, fp32 master weights, optimizer state, SVD and projections.
+    Bf16,
+}
+
 /// What to do with a prompt or answer longer than its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -321,6 +332,11 @@ pub struct TrainSection {
     /// (burn's balanced checkpointing strategy, applied to every block).
     #[serde(default)]
     pub activation_checkpointing: bool,
+    /// `fp32`, or `bf16` mixed precision: linear layers multiply in bf16 while the parameters,
+    /// gradients, optimizer state, SVD and projections stay fp32 (norms, softmax, logits and the
+    /// loss too).
+    #[serde(default)]
+    pub precision: Precision,
     /// A non-finite loss or gradient `stop`s the run (naming the step and the first offending
     /// tensor) or `skip`s the step.
     #[serde(default)]
@@ -379,6 +395,7 @@ impl Default for TrainSection {
             max_grad_norm: d_clip(),
             shuffle: false,
             activation_checkpointing: false,
+            precision: Precision::Fp32,
             on_non_finite: NonFinitePolicy::Stop,
             checkpoint_every: 0,
         }

@@ -46,6 +46,8 @@ pub struct MemoryPlan {
     pub batch: usize,
     /// Sequence length.
     pub seq: usize,
+    /// bf16 mixed precision (`train.precision = "bf16"`).
+    pub bf16: bool,
 }
 
 const F32: u64 = 4;
@@ -61,13 +63,14 @@ impl MemoryPlan {
     pub fn to_text(&self) -> String {
         let gib = |b: u64| format!("{:>10.3} GiB", b as f64 / (1u64 << 30) as f64);
         let mut s = format!(
-            "memory plan: {} {}, {} parameters ({} trainable), batch {} × {} tokens, fp32\n",
+            "memory plan: {} {}, {} parameters ({} trainable), batch {} × {} tokens, {}\n",
             self.family,
             self.method.name(),
             self.parameters,
             self.trainable,
             self.batch,
-            self.seq
+            self.seq,
+            if self.bf16 { "bf16 mixed precision (fp32 master weights)" } else { "fp32" }
         );
         for r in &self.rows {
             s.push_str(&format!("  {:<44}{}\n", r.what, gib(r.bytes)));
@@ -137,7 +140,11 @@ pub fn parameter_shapes(model: &Path) -> Result<(serde_json::Value, BTreeMap<Str
 /// activations of whole blocks. T5 blocks are counted the same way (encoder with
 /// self-attention; decoder with self- and cross-attention). The output head adds `3·V` per
 /// token (logits, log-softmax, its gradient).
-pub fn activations(config: &serde_json::Value, b: usize, s: usize) -> (u64, u64) {
+///
+/// With `bf16` mixed precision the inputs the linear layers keep for their weight gradients
+/// (one shared copy per q/k/v and gate/up group, the attention output, the MLP hidden state)
+/// are bf16: 2 bytes less each. Measured at the setting above: −8.6 % of the peak.
+pub fn activations(config: &serde_json::Value, b: usize, s: usize, bf16: bool) -> (u64, u64) {
     let get = |k: &str| config.get(k).and_then(|v| v.as_u64()).unwrap_or(0) as f64;
     let tokens = (b * s) as f64;
     let (b, s) = (b as f64, s as f64);
@@ -149,7 +156,8 @@ pub fn activations(config: &serde_json::Value, b: usize, s: usize) -> (u64, u64)
         let attn = |pl: bool| if pl { 8.0 * d + 8.0 * q + 3.0 * h * s } else { 6.0 * d + 6.0 * q + 3.0 * h * s };
         let mlp = |pl: bool| if pl { 5.0 * ff } else { 4.0 * ff };
         let per = |pl: bool| tokens * (enc * (attn(pl) + mlp(pl)) + dec * (2.0 * attn(pl) + mlp(pl)) + 3.0 * v);
-        (per(true), per(false))
+        let halved = if bf16 { tokens * (enc * (3.0 * d + q + ff) + dec * (2.0 * (2.0 * d + q) + d + ff)) / 2.0 } else { 0.0 };
+        (per(true) - halved, per(false) - halved)
     } else {
         let (d, i, h, l, v) = (get("hidden_size"), get("intermediate_size"), get("num_attention_heads"), get("num_hidden_layers"), get("vocab_size"));
         let kvh = config.get("num_key_value_heads").and_then(|x| x.as_u64()).map_or(h, |x| x as f64);
@@ -157,7 +165,8 @@ pub fn activations(config: &serde_json::Value, b: usize, s: usize) -> (u64, u64)
         let (q, kv) = (h * hd, kvh * hd);
         let plain = tokens * (l * (8.0 * d + 5.0 * q + 3.0 * kv + 5.0 * i + 3.0 * h * s) + 3.0 * v);
         let ckpt = tokens * (l * (6.0 * d + 4.0 * q + 3.0 * kv + 4.0 * i + 3.0 * h * s) + 3.0 * v);
-        (plain, ckpt)
+        let halved = if bf16 { tokens * l * (2.0 * d + q + i) / 2.0 } else { 0.0 };
+        (plain - halved, ckpt - halved)
     };
     let _ = b;
     ((plain * F32 as f64) as u64, (ckpt * F32 as f64) as u64)
@@ -223,8 +232,18 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
     }
     let batch = cfg.train.batch_size;
     let seq = seq.unwrap_or(cfg.data.max_prompt_tokens + cfg.data.max_answer_tokens);
-    let (activations, activations_checkpointed) = activations(&config, batch, seq);
-    Ok(MemoryPlan { family, method: cfg.method, parameters, trainable, rows, activations, activations_checkpointed, batch, seq })
+    let bf16 = cfg.train.precision == crate::config::Precision::Bf16;
+    if bf16 {
+        // The bf16 copies of the weights the products read, kept for the backward pass.
+        let linear: u64 = shapes
+            .iter()
+            .filter(|(n, sh)| sh.len() == 2 && !n.contains("embed_tokens") && !n.starts_with("shared"))
+            .map(|(_, sh)| sh.iter().product::<usize>() as u64)
+            .sum();
+        rows.push(PlanRow { what: "bf16 copies of the linear weights".into(), bytes: 2 * linear });
+    }
+    let (activations, activations_checkpointed) = activations(&config, batch, seq, bf16);
+    Ok(MemoryPlan { family, method: cfg.method, parameters, trainable, rows, activations, activations_checkpointed, batch, seq, bf16 })
 }
 
 /// Peak resident memory of this process so far (`VmHWM`), where the OS reports it.
@@ -301,5 +320,11 @@ mod tests {
         println!("{}\n{}", p.to_text(), seqft.to_text());
         let lora = plan(&cfg(dir.path(), "lora", "[train]\nbatch_size = 8\n"), Some(512)).unwrap();
         assert_eq!(lora.trainable, 32 * 8 * (4 * (4096 + 4096) + 3 * (11008 + 4096)) as u64);
+        // bf16 mixed precision: smaller activations, plus bf16 copies of the linear weights.
+        let bf = plan(&cfg(dir.path(), "osft", "[train]\nbatch_size = 8\nprecision = \"bf16\"\n[osft]\nrank = { rule = \"unfreeze\", fraction = 0.25 }\n"), Some(512)).unwrap();
+        println!("{}", bf.to_text());
+        assert!(bf.activations < p.activations && bf.activations_checkpointed < p.activations_checkpointed);
+        let copies = bf.rows.iter().find(|r| r.what.starts_with("bf16 copies")).expect("bf16 row").bytes;
+        assert_eq!(copies, 2 * (32 * (4 * 4096 * 4096 + 3 * 11008 * 4096) + 32000 * 4096));
     }
 }

@@ -584,6 +584,9 @@ fn phase_examples(cfg: &RunConfig, tasks: &[TaskData], ti: usize) -> Vec<Example
 
 fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_>) -> Result<(TensorMap, RunResults)> {
     let cfg = cx.cfg;
+    if cfg.train.precision == crate::config::Precision::Bf16 {
+        sculpt_models::layers::set_compute_dtype(&mut model, sculpt_models::layers::ComputeDtype::Bf16);
+    }
     let info = TokenizerInfo {
         tokenizer: &cx.files.tokenizer,
         decoder_only: model.decoder_only(),
