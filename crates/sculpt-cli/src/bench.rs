@@ -80,7 +80,7 @@ pub fn run<B: Backend>(name: &str, device: &B::Device, a: &BenchArgs) -> anyhow:
         "{}",
         serde_json::json!({"backend": name, "hidden": a.hidden, "layers": a.layers, "batch": a.batch, "seq": a.seq,
             "forward_s": fwd, "forward_tok_s": tokens / fwd, "osft_step_s": step, "osft_step_tok_s": tokens / step,
-            "projection_share": proj / a.reps as f64 / step})
+            "projection_share": proj / a.reps as f64 / step, "projection_kernels": osft.uses_kernels()})
     );
     Ok(())
 }

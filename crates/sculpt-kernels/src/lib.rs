@@ -90,6 +90,82 @@ impl<B: ProjectionOps, C: burn::backend::autodiff::checkpoint::strategy::Checkpo
 {
 }
 
+/// Whether `B` is one of the backends the cubecl kernels are compiled for in this build
+/// (`burn::backend::Wgpu` / `Cuda`, fused, or their un-fused [`WgpuRaw`] / [`CudaRaw`]).
+pub fn has_kernels<B: Backend>() -> bool {
+    let id = std::any::TypeId::of::<B>();
+    #[cfg(feature = "wgpu")]
+    if id == std::any::TypeId::of::<burn::backend::Wgpu>() || id == std::any::TypeId::of::<WgpuRaw>() {
+        return true;
+    }
+    #[cfg(feature = "cuda")]
+    if id == std::any::TypeId::of::<burn::backend::Cuda>() || id == std::any::TypeId::of::<CudaRaw>() {
+        return true;
+    }
+    let _ = id;
+    false
+}
+
+/// Runs `f` on `K` when `B` is `K` (a run-time type check; no conversion happens), else hands
+/// the inputs back.
+#[allow(dead_code)]
+fn on<B: Backend, K: Backend>(
+    x: Tensor<B, 2>,
+    basis: Tensor<B, 2>,
+    f: fn(Tensor<K, 2>, Tensor<K, 2>) -> Tensor<K, 2>,
+) -> Result<Tensor<B, 2>, (Tensor<B, 2>, Tensor<B, 2>)> {
+    use std::any::Any;
+    let bx: Box<dyn Any> = Box::new(x);
+    match bx.downcast::<Tensor<K, 2>>() {
+        Ok(kx) => {
+            let kb = *(Box::new(basis) as Box<dyn Any>).downcast::<Tensor<K, 2>>().expect("both tensors are on B = K");
+            let out: Box<dyn Any> = Box::new(f(*kx, kb));
+            Ok(*out.downcast::<Tensor<B, 2>>().expect("K = B"))
+        }
+        Err(bx) => Err((*bx.downcast::<Tensor<B, 2>>().expect("x is a Tensor<B, 2>"), basis)),
+    }
+}
+
+/// Dispatches one projection to the kernels of the backend `B` turns out to be at run time,
+/// or to the reference on any other backend.
+fn dispatch<B: Backend>(x: Tensor<B, 2>, basis: Tensor<B, 2>, u_side: bool) -> Tensor<B, 2> {
+    let args = (x, basis);
+    #[cfg(feature = "wgpu")]
+    let args = {
+        type W = burn::backend::Wgpu;
+        let f: fn(Tensor<W, 2>, Tensor<W, 2>) -> Tensor<W, 2> = if u_side { W::project_u } else { W::project_vt };
+        match on::<B, W>(args.0, args.1, f) {
+            Ok(y) => return y,
+            Err(a) => a,
+        }
+    };
+    #[cfg(feature = "cuda")]
+    let args = {
+        type C = burn::backend::Cuda;
+        let f: fn(Tensor<C, 2>, Tensor<C, 2>) -> Tensor<C, 2> = if u_side { C::project_u } else { C::project_vt };
+        match on::<B, C>(args.0, args.1, f) {
+            Ok(y) => return y,
+            Err(a) => a,
+        }
+    };
+    if u_side {
+        reference::project_u(args.0, args.1)
+    } else {
+        reference::project_vt(args.0, args.1)
+    }
+}
+
+/// `x − U_h (U_hᵀ x)` on any backend: the cubecl kernel where `B` has one ([`has_kernels`]),
+/// the reference elsewhere. This is what the trainer calls, so it needs no extra trait bound.
+pub fn project_u_auto<B: Backend>(x: Tensor<B, 2>, u_high: Tensor<B, 2>) -> Tensor<B, 2> {
+    dispatch(x, u_high, true)
+}
+
+/// `x − (x Vt_hᵀ) Vt_h` on any backend: kernel where `B` has one, reference elsewhere.
+pub fn project_vt_auto<B: Backend>(x: Tensor<B, 2>, vt_high: Tensor<B, 2>) -> Tensor<B, 2> {
+    dispatch(x, vt_high, false)
+}
+
 /// Orthonormalises the columns of `y: [n, c]` (`c ≤ n`) by classical Gram–Schmidt with one
 /// re-orthogonalisation ("CGS2"), built only from [`ProjectionOps`]: for each column,
 /// `v ← v − Q (Qᵀ v)` twice, then `q = v / ‖v‖`. Returns `q: [n, c]`; a column that is (numerically)

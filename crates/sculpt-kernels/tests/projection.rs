@@ -346,10 +346,46 @@ mod flex {
     }
 }
 
+/// The trainer's entry points (`project_*_auto`) pick the kernels on a kernel backend — the same
+/// bits as calling the kernel — and the reference on any other.
+fn check_auto_dispatch<B: ProjectionOps>(device: &B::Device, expect_kernels: bool) {
+    assert_eq!(sculpt_kernels::has_kernels::<B>(), expect_kernels, "{}", B::name(device));
+    let (n, r, k) = (96, 24, 40);
+    let x = tensor::<B>(&Rng::new(5).matrix(n, r), n, r, device);
+    let u = tensor::<B>(&orthonormal_columns(n, k, 6), n, k, device);
+    let auto = values(sculpt_kernels::project_u_auto(x.clone(), u.clone()));
+    let kernel = values(B::project_u(x.clone(), u.clone()));
+    let reference = values(reference::project_u(x.clone(), u.clone()));
+    if expect_kernels {
+        assert_eq!(auto, kernel, "project_u_auto did not run the kernel");
+    } else {
+        assert_eq!(auto, reference, "project_u_auto did not run the reference");
+    }
+    assert!(max_abs_diff(&auto, &reference) <= TOL);
+    let xt = x.transpose();
+    let vt = u.transpose();
+    let auto = values(sculpt_kernels::project_vt_auto(xt.clone(), vt.clone()));
+    let kernel = values(B::project_vt(xt.clone(), vt.clone()));
+    if expect_kernels {
+        assert_eq!(auto, kernel, "project_vt_auto did not run the kernel");
+    }
+    assert!(max_abs_diff(&auto, &values(reference::project_vt(xt, vt))) <= TOL);
+}
+
+#[test]
+fn auto_dispatch_uses_the_reference_on_the_cpu() {
+    check_auto_dispatch::<burn::backend::Flex>(&Default::default(), false);
+}
+
 #[cfg(feature = "wgpu")]
 mod wgpu_fused {
     use super::*;
     type B = burn::backend::Wgpu;
+
+    #[test]
+    fn auto_dispatch_uses_the_kernels() {
+        check_auto_dispatch::<B>(&Default::default(), true);
+    }
 
     #[test]
     fn hand_computed() {
@@ -366,6 +402,11 @@ mod wgpu_fused {
 mod wgpu_raw {
     use super::*;
     type B = sculpt_kernels::WgpuRaw;
+
+    #[test]
+    fn auto_dispatch_uses_the_kernels() {
+        check_auto_dispatch::<B>(&Default::default(), true);
+    }
 
     #[test]
     fn hand_computed() {

@@ -75,6 +75,20 @@ pub struct OsftConfig {
     /// Calibration for the adaptive rank rule.
     #[serde(default)]
     pub calibration: CalibrationConfig,
+    /// How the projections run.
+    #[serde(default)]
+    pub projection: ProjectionImpl,
+}
+
+/// The implementation of the training step's projections (`[osft] projection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectionImpl {
+    /// The cubecl kernels on the backends that have them (wgpu, cuda), tensor ops elsewhere.
+    #[default]
+    Kernel,
+    /// burn tensor ops (two matmuls and a subtraction) on every backend.
+    Tensor,
 }
 
 /// Which data the adaptive rule's importance is measured on.
@@ -146,6 +160,7 @@ struct Target<B: AutodiffBackend> {
 pub struct Osft<B: AutodiffBackend> {
     targets: Vec<Target<B>>,
     by_name: BTreeMap<String, usize>,
+    kernels: bool,
 }
 
 fn upload<B: Backend, const D: usize>(data: Vec<f32>, shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
@@ -215,7 +230,7 @@ impl<B: AutodiffBackend> Osft<B> {
             let svd = svd.map_err(|msg| OsftError::Svd { name: info.name.clone(), msg })?;
             parts.insert(info.name.clone(), (info, svd, w));
         }
-        let mut state = Osft { targets: vec![], by_name: BTreeMap::new() };
+        let mut state = Osft { targets: vec![], by_name: BTreeMap::new(), kernels: cfg.projection == ProjectionImpl::Kernel };
         model.visit_linears_mut(&mut |name, lin| {
             let Some((info, svd, w)) = parts.remove(name) else { return };
             let device = lin.weight.val().device();
@@ -265,14 +280,36 @@ impl<B: AutodiffBackend> Osft<B> {
         self.targets.iter().flat_map(|t| [(t.u_id, 2), (t.s_id, 1), (t.vt_id, 2)]).collect()
     }
 
+    /// Whether the projections run as cubecl kernels (a wgpu/cuda backend with
+    /// `projection = "kernel"`).
+    pub fn uses_kernels(&self) -> bool {
+        self.kernels && sculpt_kernels::has_kernels::<B::InnerBackend>()
+    }
+
+    fn pu(&self, x: Tensor<B::InnerBackend, 2>, u_high: Tensor<B::InnerBackend, 2>) -> Tensor<B::InnerBackend, 2> {
+        if self.kernels {
+            sculpt_kernels::project_u_auto(x, u_high)
+        } else {
+            project_u(x, u_high)
+        }
+    }
+
+    fn pv(&self, x: Tensor<B::InnerBackend, 2>, vt_high: Tensor<B::InnerBackend, 2>) -> Tensor<B::InnerBackend, 2> {
+        if self.kernels {
+            sculpt_kernels::project_vt_auto(x, vt_high)
+        } else {
+            project_vt(x, vt_high)
+        }
+    }
+
     /// Project the low-factor gradients: `dU ← dU − U_h(U_hᵀ dU)`, `dVt ← dVt − (dVt Vt_hᵀ) Vt_h`.
     pub fn project_grads(&self, grads: &mut GradientsParams) {
         for t in &self.targets {
             if let Some(g) = grads.remove::<B::InnerBackend, 2>(t.u_id) {
-                grads.register(t.u_id, project_u(g, t.u_high.clone()));
+                grads.register(t.u_id, self.pu(g, t.u_high.clone()));
             }
             if let Some(g) = grads.remove::<B::InnerBackend, 2>(t.vt_id) {
-                grads.register(t.vt_id, project_vt(g, t.vt_high.clone()));
+                grads.register(t.vt_id, self.pv(g, t.vt_high.clone()));
             }
         }
     }
@@ -282,8 +319,8 @@ impl<B: AutodiffBackend> Osft<B> {
         model.visit_linears_mut(&mut |name, lin| {
             let (Some(&i), Some(d)) = (self.by_name.get(name), lin.delta.take()) else { return };
             let t = &self.targets[i];
-            let u = d.u.map(|x| Tensor::from_inner(project_u(x.inner(), t.u_high.clone())).require_grad());
-            let vt = d.vt.map(|x| Tensor::from_inner(project_vt(x.inner(), t.vt_high.clone())).require_grad());
+            let u = d.u.map(|x| Tensor::from_inner(self.pu(x.inner(), t.u_high.clone())).require_grad());
+            let vt = d.vt.map(|x| Tensor::from_inner(self.pv(x.inner(), t.vt_high.clone())).require_grad());
             lin.delta = Some(LowRank { u, s: d.s, vt });
         });
     }
