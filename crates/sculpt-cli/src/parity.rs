@@ -93,6 +93,26 @@ pub fn run<B: Backend + ProjectionOps>(name: &str, device: &B::Device, fixtures:
     let want = host(Flex::project_vt(upload::<Flex>(&xt, [r, n], &cpu), upload::<Flex>(&vt_high, [k, n], &cpu)));
     push("kernel project_vt 64×256, k 96", max_abs(&got, &want), 1e-5, "as project_u");
 
+    // The blocked randomized SVD with its products and block projections on the backend (the
+    // cubecl kernel on wgpu/cuda) against the f64 host twin, full split of a known spectrum.
+    {
+        let (n, m) = (160, 96);
+        let q = sculpt_osft::svd::thin_svd(&values(n * n, 11), n, n).map_err(anyhow::Error::msg)?;
+        let p = sculpt_osft::svd::thin_svd(&values(m * m, 12), m, m).map_err(anyhow::Error::msg)?;
+        let sigma: Vec<f32> = (0..m).map(|i| 0.95f32.powi(i as i32)).collect();
+        // A = Q[:, :m] diag(σ) Pᵀ.
+        let a: Vec<f32> = (0..n).flat_map(|i| (0..m).map(move |j| (i, j))).map(|(i, j)| (0..m).map(|t| q.u[i * n + t] * sigma[t] * p.vt[t * m + j]).sum()).collect();
+        let opts = sculpt_osft::svd::RsvdOptions { block: 32, ..Default::default() };
+        let dev = sculpt_osft::rsvd_device::randomized_svd_device(upload::<B>(&a, [n, m], device), opts).map_err(anyhow::Error::msg)?;
+        let twin = sculpt_osft::svd::randomized_svd(&a, n, m, opts).map_err(anyhow::Error::msg)?;
+        let ds = dev.s.iter().zip(&twin.s).map(|(x, y)| ((x - y).abs() / twin.s[0]) as f64).fold(0.0, f64::max);
+        push("randomized SVD on the device: σ (relative to σ_max)", ds, 1e-4, "fp32 products and projections vs the f64 host twin: ≈ 1e-6 expected, the issue's bound 1e-4");
+        let rec = dev.reconstruct();
+        let norm = a.iter().map(|x| (x * x) as f64).sum::<f64>().sqrt();
+        let err = rec.iter().zip(&a).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt() / norm;
+        push("randomized SVD on the device: reconstruction (relative)", err, 1e-5, "the issue's fp32 bound");
+    }
+
     // 3–4. Forward logits of a LLaMA and a T5.
     for (fixture, case) in [("llama-gqa-untied-tiny", "llama forward (GQA, untied)"), ("t5-v1_1-tiny", "t5 forward (v1.1)")] {
         let dir = fixtures.join(fixture);

@@ -9,6 +9,7 @@ pub mod importance;
 pub mod osft;
 pub mod project;
 pub mod rank;
+pub mod rsvd_device;
 pub mod svd;
 pub mod targets;
 

@@ -193,8 +193,10 @@ impl<B: AutodiffBackend> Osft<B> {
 
         // 1. Collect the effective dense weights of the targets.
         let mut found: Vec<(String, usize, usize, Vec<f32>)> = vec![];
+        let mut device = None;
         model.visit_linears_mut(&mut |name, lin| {
             if targets.matches(name) {
+                device.get_or_insert_with(|| lin.weight.val().device());
                 let w = sculpt_models::layers::to_host(lin.effective_weight());
                 found.push((name.to_string(), w.shape[0], w.shape[1], w.data));
             }
@@ -223,7 +225,18 @@ impl<B: AutodiffBackend> Osft<B> {
         // 3. Decompose, matrices in parallel (each SVD single-threaded: better use of the cores
         //    than parallelising inside one small SVD).
         let mats: Vec<(usize, usize, &[f32])> = found.iter().map(|(_, n, m, w)| (*n, *m, w.as_slice())).collect();
-        let svds = decompose_all(&mats, cfg.svd);
+        let svds = match (cfg.svd, device) {
+            // On a backend with the cubecl kernels the randomized SVD runs there (one matrix at
+            // a time; the device is busy enough), elsewhere on the host, matrices in parallel.
+            (SvdMethod::Randomized { power_iters, block }, Some(device)) if sculpt_kernels::has_kernels::<B::InnerBackend>() => mats
+                .iter()
+                .map(|&(n, m, w)| {
+                    let a = Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(w.to_vec(), [n, m]), &device);
+                    crate::rsvd_device::randomized_svd_device(a, RsvdOptions { power_iters, block, ..Default::default() })
+                })
+                .collect(),
+            _ => decompose_all(&mats, cfg.svd),
+        };
         // 4. Split and attach.
         let mut parts: BTreeMap<String, (ResolvedTarget, Svd, Vec<f32>)> = BTreeMap::new();
         for ((info, svd), (_, _, _, w)) in infos.into_iter().zip(svds).zip(found) {

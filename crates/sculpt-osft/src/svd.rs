@@ -155,6 +155,17 @@ fn via_transpose(a: &[f32], n: usize, m: usize, f: impl Fn(&[f32], usize, usize)
 }
 
 /// Sort the triplets descending and reject non-finite factors.
+/// Sort descending and check the factors (shared with the device path).
+pub(crate) fn finish_svd(out: Svd) -> Result<Svd, String> {
+    finish(out)
+}
+
+/// A `[n, m]` test matrix with singular values `s` (for the device path's tests).
+#[cfg(test)]
+pub(crate) fn test_matrix_with_spectrum(n: usize, m: usize, s: &[f32], seed: u64) -> Vec<f32> {
+    tests::with_spectrum(n, m, s, seed)
+}
+
 fn finish(mut out: Svd) -> Result<Svd, String> {
     sort_descending(&mut out);
     if out.s.iter().chain(&out.u).chain(&out.vt).any(|x| !x.is_finite()) {
