@@ -106,48 +106,47 @@ pub fn has_kernels<B: Backend>() -> bool {
     false
 }
 
-/// Runs `f` on `K` when `B` is `K` (a run-time type check; no conversion happens), else hands
-/// the inputs back.
+/// Runs `K`'s projection kernel when `B` is `K` (a run-time type check; no conversion happens),
+/// else hands the inputs back.
 #[allow(dead_code)]
-fn on<B: Backend, K: Backend>(
-    x: Tensor<B, 2>,
-    basis: Tensor<B, 2>,
-    f: fn(Tensor<K, 2>, Tensor<K, 2>) -> Tensor<K, 2>,
-) -> Result<Tensor<B, 2>, (Tensor<B, 2>, Tensor<B, 2>)> {
+fn on<B: Backend, K: ProjectionOps>(x: Tensor<B, 2>, basis: Tensor<B, 2>, u_side: bool) -> Result<Tensor<B, 2>, (Tensor<B, 2>, Tensor<B, 2>)> {
     use std::any::Any;
     let bx: Box<dyn Any> = Box::new(x);
     match bx.downcast::<Tensor<K, 2>>() {
         Ok(kx) => {
             let kb = *(Box::new(basis) as Box<dyn Any>).downcast::<Tensor<K, 2>>().expect("both tensors are on B = K");
-            let out: Box<dyn Any> = Box::new(f(*kx, kb));
+            let y = if u_side { K::project_u(*kx, kb) } else { K::project_vt(*kx, kb) };
+            let out: Box<dyn Any> = Box::new(y);
             Ok(*out.downcast::<Tensor<B, 2>>().expect("K = B"))
         }
         Err(bx) => Err((*bx.downcast::<Tensor<B, 2>>().expect("x is a Tensor<B, 2>"), basis)),
     }
 }
 
-/// Dispatches one projection to the kernels of the backend `B` turns out to be at run time,
-/// or to the reference on any other backend.
+/// Dispatches one projection to the kernels of the backend `B` turns out to be at run time
+/// (every type [`has_kernels`] names), or to the reference on any other backend.
 fn dispatch<B: Backend>(x: Tensor<B, 2>, basis: Tensor<B, 2>, u_side: bool) -> Tensor<B, 2> {
-    let args = (x, basis);
+    #[allow(unused_mut)]
+    let mut args = (x, basis);
+    #[allow(unused_macros)]
+    macro_rules! try_kernel {
+        ($k:ty) => {
+            match on::<B, $k>(args.0, args.1, u_side) {
+                Ok(y) => return y,
+                Err(a) => args = a,
+            }
+        };
+    }
     #[cfg(feature = "wgpu")]
-    let args = {
-        type W = burn::backend::Wgpu;
-        let f: fn(Tensor<W, 2>, Tensor<W, 2>) -> Tensor<W, 2> = if u_side { W::project_u } else { W::project_vt };
-        match on::<B, W>(args.0, args.1, f) {
-            Ok(y) => return y,
-            Err(a) => a,
-        }
-    };
+    {
+        try_kernel!(burn::backend::Wgpu);
+        try_kernel!(WgpuRaw);
+    }
     #[cfg(feature = "cuda")]
-    let args = {
-        type C = burn::backend::Cuda;
-        let f: fn(Tensor<C, 2>, Tensor<C, 2>) -> Tensor<C, 2> = if u_side { C::project_u } else { C::project_vt };
-        match on::<B, C>(args.0, args.1, f) {
-            Ok(y) => return y,
-            Err(a) => a,
-        }
-    };
+    {
+        try_kernel!(burn::backend::Cuda);
+        try_kernel!(CudaRaw);
+    }
     if u_side {
         reference::project_u(args.0, args.1)
     } else {
