@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(args.get(1).map(String::as_str).unwrap_or("forward"), &args[args.len().min(2)..]),
         Some("ci") => ci(),
         Some("parity") => parity(&args[1..]),
-        Some("gpu-bundle") => gpu_bundle(),
+        Some("gpu-bundle") => gpu_bundle(&args[1..]),
         _ => Err(format!(
             "usage: cargo xtask <fetch-smollm2 | bench [forward|svd|step|cl|all] | parity [--backend cpu,wgpu,cuda|all] [--bin PATH] | gpu-bundle | ci>\n  got: {:?}",
             args
@@ -460,7 +460,7 @@ fn text_field(json: &str, key: &str) -> Option<String> {
 /// `cargo xtask gpu-bundle`: build the CUDA binary here (the GPU machine has no Rust toolchain
 /// and no network), strip and gzip it to `target/gpu/sculpt.gz` (small enough to carry), and
 /// print how to run `scripts/gpu-check.sh` with it.
-fn gpu_bundle() -> Result<(), String> {
+fn gpu_bundle(rest: &[String]) -> Result<(), String> {
     run(Command::new("cargo").current_dir(root()).args(["build", "-p", "sculpt-cli", "--features", "cuda"]))?;
     let bin = target_dir().join("debug").join("sculpt");
     let dir = root().join("target").join("gpu");
@@ -471,6 +471,60 @@ fn gpu_bundle() -> Result<(), String> {
     let _ = std::fs::remove_file(dir.join("sculpt.gz"));
     run(Command::new("gzip").args(["-9"]).arg(&stripped))?;
     println!("{}", dir.join("sculpt.gz").display());
-    println!("on the GPU machine (device tool): command \"bash scripts/gpu-check.sh target/gpu/sculpt.gz\", carry [\"target/gpu\"]");
+    if !rest.iter().any(|a| a == "--cl") {
+        println!("on the GPU machine (device tool): command \"bash scripts/gpu-check.sh target/gpu/sculpt.gz\", carry [\"target/gpu\"]");
+        return Ok(());
+    }
+    // The SmolLM2 CL bench's inputs, in pieces that fit the device tool's 64 MiB per call: the
+    // GGUF in 24 MiB parts and the four CL_Benchmark tasks as one tarball. Each call carries
+    // other paths, and ignored paths a call does not name stay on the warm machine.
+    let data = PathBuf::from(flag(rest, "--data", &root().join("../shared/data/CL_Benchmark").to_string_lossy()));
+    if !data.join("TC/agnews/train.json").is_file() {
+        return Err(format!("no CL_Benchmark at {} (pass --data <dir>)", data.display()));
+    }
+    let gguf = std::fs::read(fetch_smollm2()?).map_err(|e| format!("SmolLM2 GGUF: {e}"))?;
+    let cl = dir.join("cl");
+    let _ = std::fs::remove_dir_all(&cl);
+    let mut calls: Vec<Vec<String>> = vec![vec!["target/gpu/sculpt.gz".into()]];
+    for (i, part) in gguf.chunks(24 << 20).enumerate() {
+        let name = format!("part-{i}");
+        let d = cl.join(&name);
+        std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        std::fs::write(d.join("smollm2.gguf.part"), part).map_err(|e| format!("{}: {e}", d.display()))?;
+        calls.push(vec![format!("target/gpu/cl/{name}")]);
+    }
+    let tasks = ["TC/agnews", "SC/amazon", "TC/dbpedia", "TC/yahoo"];
+    let tar = cl.join("data").join("cl-benchmark.tar.gz");
+    std::fs::create_dir_all(tar.parent().expect("parent")).map_err(|e| format!("{}: {e}", tar.display()))?;
+    run(Command::new("tar").arg("-czf").arg(&tar).arg("-C").arg(&data).args(tasks))?;
+    calls[0].push("target/gpu/cl/data".into());
+    // Pack the calls: as many carried paths per call as fit in 60 MiB.
+    let size = |p: &str| -> u64 { walk_size(&root().join(p)) };
+    let mut packed: Vec<(Vec<String>, u64)> = vec![];
+    for c in calls.into_iter().flatten() {
+        let s = size(&c);
+        match packed.last_mut() {
+            Some((paths, total)) if *total + s <= 60 << 20 && paths.len() < 8 => {
+                paths.push(c);
+                *total += s;
+            }
+            _ => packed.push((vec![c], s)),
+        }
+    }
+    println!("the CL bench on the GPU machine (device tool), one call per line, the last one runs it:");
+    let last = packed.len() - 1;
+    for (i, (paths, total)) in packed.iter().enumerate() {
+        let cmd = if i == last { "bash scripts/gpu-check.sh target/gpu/sculpt.gz --cl" } else { "true" };
+        println!("  carry {:?} ({:.0} MiB), command {cmd:?}", paths, *total as f64 / (1 << 20) as f64);
+    }
     Ok(())
+}
+
+/// Bytes under `p` (a file or a folder).
+fn walk_size(p: &Path) -> u64 {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_file() => m.len(),
+        Ok(m) if m.is_dir() => std::fs::read_dir(p).map(|it| it.flatten().map(|e| walk_size(&e.path())).sum()).unwrap_or(0),
+        _ => 0,
+    }
 }
