@@ -101,6 +101,28 @@ fn three_sgd_steps_match_peft_osf() {
     }
 }
 
+/// `steps` OSFT training steps on one batch (the low factors decayed, no clipping); the model
+/// and the last loss.
+fn osft_steps(
+    mut model: sculpt_models::llama::Llama<Ad>,
+    osft: &Osft<Ad>,
+    batch: &Batch,
+    train: &TrainSection,
+    steps: usize,
+) -> (sculpt_models::llama::Llama<Ad>, f64) {
+    let trainable = osft.low_param_ids();
+    let decayed: BTreeSet<_> = trainable.iter().map(|(id, _)| *id).collect();
+    let mut opt = TaskOptimizer::<_, Ad>::new(train, decayed);
+    let cx = StepContext { osft: Some(osft), trainable: &trainable, lr: train.lr, max_grad_norm: 0.0, task: "t", names: None, skip_non_finite: false };
+    let mut last = 0.0;
+    for step in 0..steps {
+        let (m, s) = train_step(model, batch, &mut opt, &cx, step, None).unwrap();
+        model = m;
+        last = s.loss;
+    }
+    (model, last)
+}
+
 #[test]
 fn adamw_keeps_the_low_factors_orthogonal_and_the_frozen_part_fixed() {
     let device = Default::default();
@@ -121,17 +143,7 @@ fn adamw_keeps_the_low_factors_orthogonal_and_the_frozen_part_fixed() {
     // 100 AdamW steps at PEFT's leak-test setting (lr 1e-2): PEFT leaks ‖U_hᵀU_l‖_F ≈ 0.76 here
     // (tests/fixtures/osft/adamw_leak.json); form (C) with post-step projection must not.
     let train = TrainSection { lr: 1e-2, max_grad_norm: 0.0, weight_decay: 0.01, ..Default::default() };
-    let trainable = osft.low_param_ids();
-    let decayed: BTreeSet<_> = trainable.iter().map(|(id, _)| *id).collect();
-    let mut opt = TaskOptimizer::<_, Ad>::new(&train, decayed);
-    let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: 0.0, task: "t", names: None, skip_non_finite: false };
-    let mut model = attached;
-    let mut last = 0.0;
-    for step in 0..100 {
-        let (m, s) = train_step(model, &batch, &mut opt, &cx, step, None).unwrap();
-        model = m;
-        last = s.loss;
-    }
+    let (mut model, last) = osft_steps(attached, &osft, &batch, &train, 100);
     assert!(last < before as f64 * 0.5, "training did not learn: {before} → {last}");
     let (lu, lv) = osft.leakage(&mut model);
     println!("after 100 AdamW steps: loss {before:.3} → {last:.3}; max|U_hᵀU_l| = {lu:.1e}, max|Vt_l Vt_hᵀ| = {lv:.1e}");
@@ -354,17 +366,8 @@ fn bf16_mixed_precision_trains_with_fp32_master_weights() {
     assert!(cos > 0.99, "bf16 and fp32 gradients disagree: cosine {cos}");
 
     let train = TrainSection { lr: 1e-2, max_grad_norm: 0.0, ..Default::default() };
-    let trainable = osft.low_param_ids();
-    let mut opt = TaskOptimizer::<_, Ad>::new(&train, trainable.iter().map(|(id, _)| *id).collect());
-    let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: 0.0, task: "t", names: None, skip_non_finite: false };
     let frozen_before = bf16.export();
-    let mut model = bf16;
-    let mut last = 0.0;
-    for step in 0..20 {
-        let (m, s) = train_step(model, &batch, &mut opt, &cx, step, None).unwrap();
-        model = m;
-        last = s.loss;
-    }
+    let (mut model, last) = osft_steps(bf16, &osft, &batch, &train, 20);
     assert!(last < a as f64 * 0.7, "bf16 training did not learn: {a} → {last}");
     let (lu, lv) = osft.leakage(&mut model);
     assert!(lu <= 1e-5 && lv <= 1e-5, "low factors leaked into the frozen subspace under bf16: {lu}, {lv}");
