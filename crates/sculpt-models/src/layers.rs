@@ -166,9 +166,14 @@ impl<B: Backend> Linear<B> {
     /// gate/up) share one cast this way: a bf16 input passes through [`Linear::forward`]'s own
     /// cast unchanged, so the backward pass keeps one bf16 copy instead of one per layer.
     pub fn compute_input(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.lowp(x)
+    }
+
+    /// `t` cast to the compute precision (unchanged in fp32, or when it already is bf16).
+    fn lowp<const D: usize>(&self, t: Tensor<B, D>) -> Tensor<B, D> {
         match self.compute {
-            ComputeDtype::F32 => x,
-            ComputeDtype::Bf16 => x.cast(FloatDType::BF16),
+            ComputeDtype::F32 => t,
+            ComputeDtype::Bf16 => t.cast(FloatDType::BF16),
         }
     }
 
@@ -181,19 +186,11 @@ impl<B: Backend> Linear<B> {
         if let Some(probe) = self.probe.get::<B>() {
             probe(x.clone());
         }
-        let lowp = |t: Tensor<B, 2>| match self.compute {
-            ComputeDtype::F32 => t,
-            ComputeDtype::Bf16 => t.cast(FloatDType::BF16),
-        };
-        let x = lowp(x);
-        let mut y = x.clone().matmul(lowp(w).transpose());
+        let x = self.lowp(x);
+        let mut y = x.clone().matmul(self.lowp(w).transpose());
         if let Some(d) = &self.delta {
             // ((x Vtᵀ) ⊙ s) Uᵀ: r(in + out) multiply-adds per token, never the dense product.
-            let lowp1 = |t: Tensor<B, 1>| match self.compute {
-                ComputeDtype::F32 => t,
-                ComputeDtype::Bf16 => t.cast(FloatDType::BF16),
-            };
-            y = y + (x.matmul(lowp(d.vt.val()).transpose()) * lowp1(d.s.val()).unsqueeze::<2>()).matmul(lowp(d.u.val()).transpose());
+            y = y + (x.matmul(self.lowp(d.vt.val()).transpose()) * self.lowp(d.s.val()).unsqueeze::<2>()).matmul(self.lowp(d.u.val()).transpose());
         }
         if self.compute != ComputeDtype::F32 {
             y = y.cast(FloatDType::F32);

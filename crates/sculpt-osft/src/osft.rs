@@ -192,12 +192,23 @@ impl<B: AutodiffBackend> Osft<B> {
         let mut model = if cfg.train_non_targets { model } else { model.no_grad() };
 
         // 1. Collect the effective dense weights of the targets.
+        //    On a backend with the cubecl kernels the randomized SVD runs there, on the
+        //    weights where they already are (the host copies still give `W_high`).
+        let on_device = match cfg.svd {
+            SvdMethod::Randomized { power_iters, block } if sculpt_kernels::has_kernels::<B::InnerBackend>() => {
+                Some(RsvdOptions { power_iters, block, ..Default::default() })
+            }
+            _ => None,
+        };
         let mut found: Vec<(String, usize, usize, Vec<f32>)> = vec![];
-        let mut device = None;
+        let mut device_weights: Vec<Tensor<B::InnerBackend, 2>> = vec![];
         model.visit_linears_mut(&mut |name, lin| {
             if targets.matches(name) {
-                device.get_or_insert_with(|| lin.weight.val().device());
-                let w = sculpt_models::layers::to_host(lin.effective_weight());
+                let w = lin.effective_weight();
+                if on_device.is_some() {
+                    device_weights.push(w.clone().inner());
+                }
+                let w = sculpt_models::layers::to_host(w);
                 found.push((name.to_string(), w.shape[0], w.shape[1], w.data));
             }
         });
@@ -225,17 +236,10 @@ impl<B: AutodiffBackend> Osft<B> {
         // 3. Decompose, matrices in parallel (each SVD single-threaded: better use of the cores
         //    than parallelising inside one small SVD).
         let mats: Vec<(usize, usize, &[f32])> = found.iter().map(|(_, n, m, w)| (*n, *m, w.as_slice())).collect();
-        let svds = match (cfg.svd, device) {
-            // On a backend with the cubecl kernels the randomized SVD runs there (one matrix at
-            // a time; the device is busy enough), elsewhere on the host, matrices in parallel.
-            (SvdMethod::Randomized { power_iters, block }, Some(device)) if sculpt_kernels::has_kernels::<B::InnerBackend>() => mats
-                .iter()
-                .map(|&(n, m, w)| {
-                    let a = Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(w.to_vec(), [n, m]), &device);
-                    crate::rsvd_device::randomized_svd_device(a, RsvdOptions { power_iters, block, ..Default::default() })
-                })
-                .collect(),
-            _ => decompose_all(&mats, cfg.svd),
+        //    On the device: one matrix at a time (the device is busy enough).
+        let svds = match on_device {
+            Some(opts) => device_weights.into_iter().map(|a| crate::rsvd_device::randomized_svd_device(a, opts)).collect(),
+            None => decompose_all(&mats, cfg.svd),
         };
         // 4. Split and attach.
         let mut parts: BTreeMap<String, (ResolvedTarget, Svd, Vec<f32>)> = BTreeMap::new();

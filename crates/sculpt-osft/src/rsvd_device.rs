@@ -89,12 +89,7 @@ pub fn orthonormalize_device<B: Backend>(y: Tensor<B, 2>, block: usize, seed: u6
 pub fn randomized_svd_device<B: Backend>(a: Tensor<B, 2>, opts: RsvdOptions) -> Result<Svd, String> {
     let [n, m] = a.dims();
     if n < m {
-        let t = randomized_svd_device(a.transpose(), opts)?;
-        // A = (Aᵀ)ᵀ = (U S Vt)ᵀ = V S Uᵀ.
-        let r = t.s.len();
-        let u: Vec<f32> = (0..n).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| t.vt[j * n + i]).collect();
-        let vt: Vec<f32> = (0..r).flat_map(|j| (0..m).map(move |i| (j, i))).map(|(j, i)| t.u[i * r + j]).collect();
-        return Ok(Svd { n, m, u, s: t.s, vt });
+        return Ok(randomized_svd_device(a.transpose(), opts)?.transposed());
     }
     let device = a.device();
     let l = opts.rank.unwrap_or(m).min(m);
@@ -116,7 +111,7 @@ pub fn randomized_svd_device<B: Backend>(a: Tensor<B, 2>, opts: RsvdOptions) -> 
     let s: Vec<f32> = (0..k).map(|i| small.S().column_vector()[i] as f32).collect();
     let v = small.V(); // [m, k]
     let vt: Vec<f32> = (0..k).flat_map(|i| (0..m).map(move |j| (i, j))).map(|(i, j)| v[(j, i)] as f32).collect();
-    crate::svd::finish_svd(Svd { n, m, u, s, vt })
+    crate::svd::finish(Svd { n, m, u, s, vt })
 }
 
 #[cfg(test)]

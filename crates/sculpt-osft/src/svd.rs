@@ -30,6 +30,15 @@ pub struct Svd {
 }
 
 impl Svd {
+    /// The SVD of the transpose: `A = U S Vt` ⇒ `Aᵀ = V S Uᵀ`.
+    pub fn transposed(self) -> Svd {
+        let (n, m, r) = (self.n, self.m, self.s.len());
+        // Aᵀ is [m, n]: its U is V ([m, r]), its Vt is Uᵀ ([r, n]).
+        let u: Vec<f32> = (0..m).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| self.vt[j * m + i]).collect();
+        let vt: Vec<f32> = (0..r).flat_map(|j| (0..n).map(move |i| (i, j))).map(|(i, j)| self.u[i * r + j]).collect();
+        Svd { n: m, m: n, u, s: self.s, vt }
+    }
+
     /// Number of singular triplets.
     pub fn rank(&self) -> usize {
         self.s.len()
@@ -147,17 +156,7 @@ pub fn gram_svd(a: &[f32], n: usize, m: usize) -> Result<Svd, String> {
 /// Decompose a wide `[n, m]` matrix through its transpose: `Aᵀ = U S Vt` ⇒ `A = V S Uᵀ`.
 fn via_transpose(a: &[f32], n: usize, m: usize, f: impl Fn(&[f32], usize, usize) -> Result<Svd, String>) -> Result<Svd, String> {
     let at: Vec<f32> = (0..m).flat_map(|j| (0..n).map(move |i| (i, j))).map(|(i, j)| a[i * m + j]).collect();
-    let t = f(&at, m, n)?;
-    let r = t.rank();
-    let u: Vec<f32> = (0..n).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| t.vt[j * n + i]).collect();
-    let vt: Vec<f32> = (0..r).flat_map(|j| (0..m).map(move |i| (i, j))).map(|(i, j)| t.u[i * r + j]).collect();
-    Ok(Svd { n, m, u, s: t.s, vt })
-}
-
-/// Sort the triplets descending and reject non-finite factors.
-/// Sort descending and check the factors (shared with the device path).
-pub(crate) fn finish_svd(out: Svd) -> Result<Svd, String> {
-    finish(out)
+    Ok(f(&at, m, n)?.transposed())
 }
 
 /// A `[n, m]` test matrix with singular values `s` (for the device path's tests).
@@ -166,7 +165,8 @@ pub(crate) fn test_matrix_with_spectrum(n: usize, m: usize, s: &[f32], seed: u64
     tests::with_spectrum(n, m, s, seed)
 }
 
-fn finish(mut out: Svd) -> Result<Svd, String> {
+/// Sort the triplets descending and reject non-finite factors (shared with the device path).
+pub(crate) fn finish(mut out: Svd) -> Result<Svd, String> {
     sort_descending(&mut out);
     if out.s.iter().chain(&out.u).chain(&out.vt).any(|x| !x.is_finite()) {
         return Err("non-finite values in the factors".into());
