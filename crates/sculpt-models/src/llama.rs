@@ -555,8 +555,8 @@ impl<B: Backend> NamedParams<B> for Llama<B> {
 /// Causal (+ key padding) additive bias `[b, h, s, t]` for queries at `offset..offset+s`.
 ///
 /// Materialised for every head once per forward, so that each layer's `scores + bias` is an
-/// add of two contiguous tensors (a broadcast add is a strided slow path on the CPU backend,
-/// measured at 13 % of a SmolLM2 prefill).
+/// add of two contiguous tensors (a broadcast add is a strided slow path on the CPU backend;
+/// part of the prefill speed-up in README.md, "Benchmarks").
 fn attention_bias<B: Backend>(
     b: usize,
     h: usize,
