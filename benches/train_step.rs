@@ -66,7 +66,7 @@ fn main() {
             (None, ids, BTreeSet::new())
         };
         let mut opt = TaskOptimizer::new(&train, decayed);
-        let cx = StepContext { osft: osft.as_ref(), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "bench", names: None, skip_non_finite: false };
+        let cx = StepContext { osft: osft.as_ref(), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "bench", names: None, skip_non_finite: false, checkpoint_blocks: false };
         // One warm-up step, then timed steps.
         let (m, _) = train_step(model, &data[0], &mut opt, &cx, 0, None).expect("step");
         model = m;

@@ -40,7 +40,7 @@ fn run<M: LanguageModel<Ad>>(model: M, batch: &Batch, train: &TrainSection, step
     let trainable = osft.low_param_ids();
     let decayed: BTreeSet<_> = trainable.iter().map(|(id, _)| *id).collect();
     let mut opt = TaskOptimizer::<M, Ad>::new(train, decayed);
-    let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "t", names: None, skip_non_finite: false };
+    let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "t", names: None, skip_non_finite: false, checkpoint_blocks: false };
     let mut losses = vec![];
     for step in 0..steps {
         let (m, s) = train_step(model, batch, &mut opt, &cx, step, None).unwrap();
@@ -113,7 +113,7 @@ fn osft_steps(
     let trainable = osft.low_param_ids();
     let decayed: BTreeSet<_> = trainable.iter().map(|(id, _)| *id).collect();
     let mut opt = TaskOptimizer::<_, Ad>::new(train, decayed);
-    let cx = StepContext { osft: Some(osft), trainable: &trainable, lr: train.lr, max_grad_norm: 0.0, task: "t", names: None, skip_non_finite: false };
+    let cx = StepContext { osft: Some(osft), trainable: &trainable, lr: train.lr, max_grad_norm: 0.0, task: "t", names: None, skip_non_finite: false, checkpoint_blocks: false };
     let mut last = 0.0;
     for step in 0..steps {
         let (m, s) = train_step(model, batch, &mut opt, &cx, step, None).unwrap();
@@ -273,7 +273,7 @@ fn activation_checkpointing_changes_nothing_but_memory() {
         let (mut model, osft) = Osft::attach(m, &OsftConfig::default(), "llama", None).unwrap();
         let trainable = osft.low_param_ids();
         let mut opt = TaskOptimizer::new(train, trainable.iter().map(|(id, _)| *id).collect());
-        let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "t", names: None, skip_non_finite: false };
+        let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "t", names: None, skip_non_finite: false, checkpoint_blocks: false };
         let mut losses = vec![];
         for step in 0..5 {
             let (m, s) = train_step(model, batch, &mut opt, &cx, step, None).unwrap();
@@ -310,7 +310,7 @@ fn gradient_accumulation_equals_the_full_batch() {
         let (model, osft) = Osft::attach(base, &OsftConfig::default(), "llama", None).unwrap();
         let trainable = osft.low_param_ids();
         let mut opt = TaskOptimizer::<_, Ad>::new(&train, BTreeSet::new());
-        let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: 0.0, task: "t", names: None, skip_non_finite: false };
+        let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: 0.0, task: "t", names: None, skip_non_finite: false, checkpoint_blocks: false };
         let (mut m, s) = train_step_accumulated(model, &micro, &mut opt, &cx, 0, None).unwrap();
         merge(&mut m);
         out.push((s.loss, s.grad_norm, m.export()));
@@ -372,4 +372,136 @@ fn bf16_mixed_precision_trains_with_fp32_master_weights() {
     let (lu, lv) = osft.leakage(&mut model);
     assert!(lu <= 1e-5 && lv <= 1e-5, "low factors leaked into the frozen subspace under bf16: {lu}, {lv}");
     assert_eq!(model.export().tensors, frozen_before.tensors, "a frozen parameter changed under bf16");
+}
+
+/// A padded batch: row 2 is two tokens shorter (mask 0, labels -100 there) and the first
+/// positions of every row are prompt (-100), so masks and ignored labels are exercised.
+fn padded_batch(decoder_only: bool) -> Batch {
+    let ids: Vec<Vec<u32>> = (0..3).map(|r| (0..7).map(|t| (3 + (r * 37 + t * 11) % 200) as u32).collect()).collect();
+    let attention_mask: Vec<Vec<u32>> = (0..3).map(|r| (0..7).map(|t| u32::from(!(r == 2 && t >= 5))).collect()).collect();
+    let labels = (0..3)
+        .map(|r| {
+            (0..7)
+                .map(|t| {
+                    let ignored = (r == 2 && t >= 5) || (decoder_only && t < 2) || (!decoder_only && t >= 5);
+                    if ignored {
+                        -100
+                    } else {
+                        ids[r][(t + 1) % 7] as i64
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    Batch { input_ids: ids, attention_mask, labels }
+}
+
+fn grad_host(grads: &burn::optim::GradientsParams, id: burn::module::ParamId, rank: usize) -> Option<Vec<f32>> {
+    type Inner = <Ad as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+    match rank {
+        1 => grads.get::<Inner, 1>(id).map(|g| g.into_data().to_vec::<f32>().unwrap()),
+        _ => grads.get::<Inner, 2>(id).map(|g| g.into_data().to_vec::<f32>().unwrap()),
+    }
+}
+
+/// Per-block checkpointing's loss and gradients equal the whole graph's, for every trainable
+/// parameter: full fine-tuning (embeddings, tied heads, norms, T5's position-bias tables) and
+/// OSFT's low factors, on LLaMA (tied, untied GQA) and T5 (v1.0, v1.1), with padding.
+#[test]
+fn block_checkpointing_gives_the_whole_graphs_gradients() {
+    use burn::optim::GradientsParams;
+    use sculpt_models::layers::ParamRef;
+    let device = Default::default();
+    fn check<M: LanguageModel<Ad>>(name: &str, what: &str, model: &M, trainable: &[(burn::module::ParamId, usize)]) {
+        let batch = padded_batch(model.decoder_only());
+        let mut names = std::collections::BTreeMap::new();
+        model.visit_params(&mut |n, p| {
+            let id = match p {
+                ParamRef::Vector(p) => p.id,
+                ParamRef::Matrix(p) => p.id,
+            };
+            names.insert(id, n.to_string());
+        });
+        let label = |id: &burn::module::ParamId| names.get(id).cloned().unwrap_or_else(|| format!("low factor {id}"));
+        let loss = model.loss(&batch);
+        let value = loss.clone().into_scalar() as f64;
+        let full = GradientsParams::from_grads(loss.backward(), model);
+        let (v, ck) = model.loss_grads_checkpointed(&batch, 1, trainable);
+        assert!((v - value).abs() <= 1e-6 * value.abs(), "{name} {what}: loss {v} vs {value}");
+        let (_, half) = model.loss_grads_checkpointed(&batch, 2, trainable);
+        let mut compared = 0;
+        for &(id, rank) in trainable {
+            let a = grad_host(&full, id, rank);
+            let b = grad_host(&ck, id, rank);
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    let err = max_rel_diff(&b, &a);
+                    assert!(err <= 1e-5, "{name} {what}: `{}` gradient differs by {err}", label(&id));
+                    let h: Vec<f32> = grad_host(&half, id, rank).unwrap().iter().map(|x| 2.0 * x).collect();
+                    assert!(max_rel_diff(&h, &a) <= 1e-5, "{name} {what}: parts = 2 is not half the gradient");
+                    compared += 1;
+                }
+                (None, None) => {}
+                (a, b) => panic!("{name} {what}: `{}` has a gradient in only one path (full {}, checkpointed {})", label(&id), a.is_some(), b.is_some()),
+            }
+        }
+        assert!(compared * 2 > trainable.len(), "{name} {what}: only {compared} of {} gradients compared", trainable.len());
+    }
+    fn all_ids<M: NamedParams<Ad>>(m: &M) -> Vec<(burn::module::ParamId, usize)> {
+        let mut ids = vec![];
+        m.visit_params(&mut |_, p| match p {
+            ParamRef::Vector(p) => ids.push((p.id, 1)),
+            ParamRef::Matrix(p) => ids.push((p.id, 2)),
+        });
+        ids
+    }
+    for name in ["llama-tied-tiny", "llama-gqa-untied-tiny", "t5-v1_0-tiny", "t5-v1_1-tiny"] {
+        match Pretrained::<Ad>::load(&tiny_fixture(name), &device).unwrap().model {
+            Model::Llama(m) => {
+                check(name, "full", &m, &all_ids(&m));
+                let (m, osft) = Osft::attach(m, &OsftConfig::default(), "llama", None).unwrap();
+                check(name, "osft", &m, &osft.low_param_ids());
+            }
+            Model::T5(m) => {
+                check(name, "full", &m, &all_ids(&m));
+                let (m, osft) = Osft::attach(m, &OsftConfig::default(), "t5", None).unwrap();
+                check(name, "osft", &m, &osft.low_param_ids());
+            }
+        }
+    }
+}
+
+/// `activation_checkpointing = "blocks"` in the training step: AdamW steps with gradient
+/// accumulation give the whole graph's losses and weights.
+#[test]
+fn block_checkpointing_trains_like_the_whole_graph() {
+    use sculpt_train::step::train_step_accumulated;
+    let device = Default::default();
+    let name = "llama-gqa-untied-tiny";
+    let batches = vec![padded_batch(true), batch_of(name)];
+    let train = TrainSection { lr: 1e-2, max_grad_norm: 1.0, ..Default::default() };
+    let go = |blocks: bool| {
+        let Model::Llama(m) = Pretrained::<Ad>::load(&tiny_fixture(name), &device).unwrap().model else { unreachable!() };
+        let (mut model, osft) = Osft::attach(m, &OsftConfig::default(), "llama", None).unwrap();
+        let trainable = osft.low_param_ids();
+        let mut opt = TaskOptimizer::new(&train, trainable.iter().map(|(id, _)| *id).collect());
+        let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "t", names: None, skip_non_finite: false, checkpoint_blocks: blocks };
+        let mut losses = vec![];
+        for step in 0..4 {
+            let (m, s) = train_step_accumulated(model, &batches, &mut opt, &cx, step, None).unwrap();
+            model = m;
+            losses.push(s.loss);
+        }
+        merge(&mut model);
+        (losses, model.export())
+    };
+    let (la, wa) = go(false);
+    let (lb, wb) = go(true);
+    for (a, b) in la.iter().zip(&lb) {
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "losses differ with block checkpointing: {la:?} vs {lb:?}");
+    }
+    assert!(la[3] < la[0], "the run did not learn: {la:?}");
+    for (k, t) in &wa.tensors {
+        assert!(max_rel_diff(&wb.tensors[k].data, &t.data) <= 1e-5, "{k} differs with block checkpointing");
+    }
 }

@@ -137,7 +137,7 @@ fn parse_methods(names: &[String]) -> anyhow::Result<Vec<sculpt_train::config::M
 
 fn compare_on<B: burn::tensor::backend::Backend>(cfg: &sculpt_train::RunConfig, methods: &[sculpt_train::config::Method], device: &B::Device, opts: sculpt_train::RunOptions) -> anyhow::Result<()> {
     use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
-    let c = if cfg.train.activation_checkpointing {
+    let c = if cfg.train.activation_checkpointing == sculpt_train::config::Checkpointing::Ops {
         sculpt_train::compare::compare::<burn::backend::Autodiff<B, BalancedCheckpointing>>(cfg, methods, device, opts)?
     } else {
         sculpt_train::compare::compare::<burn::backend::Autodiff<B>>(cfg, methods, device, opts)?
@@ -265,7 +265,7 @@ fn run_on<B: burn::tensor::backend::Backend + sculpt_kernels::ProjectionOps>(com
             let planned = match sculpt_train::plan::plan(&cfg, None) {
                 Ok(p) => {
                     tracing::info!("{}", p.to_text().trim_end());
-                    Some(if cfg.train.activation_checkpointing { p.totals().1 } else { p.totals().0 })
+                    Some(if cfg.train.activation_checkpointing.enabled() { p.totals().1 } else { p.totals().0 })
                 }
                 Err(e) => {
                     tracing::warn!("no memory plan: {e}");
@@ -274,7 +274,7 @@ fn run_on<B: burn::tensor::backend::Backend + sculpt_kernels::ProjectionOps>(com
             };
             let opts = sculpt_train::RunOptions { resume, stop: Some(stop_flag()?) };
             use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
-            let summary = if cfg.train.activation_checkpointing {
+            let summary = if cfg.train.activation_checkpointing == sculpt_train::config::Checkpointing::Ops {
                 sculpt_train::train_with::<burn::backend::Autodiff<B, BalancedCheckpointing>>(&cfg, device, opts)?
             } else {
                 sculpt_train::train_with::<burn::backend::Autodiff<B>>(&cfg, device, opts)?

@@ -277,6 +277,13 @@ fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4
     x * cos.clone() + rot * sin.clone()
 }
 
+/// The per-forward inputs every block shares (see [`Llama::block_context`]).
+#[derive(Clone, Debug)]
+pub struct LlamaBlockContext<B: Backend> {
+    rope: (Tensor<B, 4>, Tensor<B, 4>),
+    bias: Tensor<B, 4>,
+}
+
 /// Grouped-query self-attention with RoPE.
 #[derive(Module, Debug)]
 pub struct LlamaAttention<B: Backend> {
@@ -502,6 +509,31 @@ impl<B: Backend> Llama<B> {
             x = layer.forward(x, &rope, &bias, slot);
         }
         let _ = t;
+        self.model.norm.forward(x)
+    }
+
+    /// What every block of a forward over `b × s` new tokens (no cache) reads besides its
+    /// input: the RoPE tables and the additive attention bias of `attention_mask`.
+    pub fn block_context(&self, b: usize, s: usize, attention_mask: Option<Tensor<B, 2, Int>>, device: &B::Device) -> LlamaBlockContext<B> {
+        LlamaBlockContext {
+            rope: rope_tables::<B>(&self.config, 0, s, device),
+            bias: attention_bias::<B>(b, self.config.num_attention_heads, s, 0, attention_mask, device),
+        }
+    }
+
+    /// The token embedding `[b, s] → [b, s, hidden]` (the first segment of [`Self::hidden_states`]).
+    pub fn embed(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.model.embed_tokens.forward(input_ids)
+    }
+
+    /// Decoder block `i` on its input `x` (no cache): one segment of [`Self::hidden_states`],
+    /// what per-block activation checkpointing re-runs in the backward pass.
+    pub fn block(&self, i: usize, x: Tensor<B, 3>, cx: &LlamaBlockContext<B>) -> Tensor<B, 3> {
+        self.model.layers[i].forward(x, &cx.rope, &cx.bias, None)
+    }
+
+    /// The final norm after the last block.
+    pub fn final_norm(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.model.norm.forward(x)
     }
 

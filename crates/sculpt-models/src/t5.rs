@@ -432,22 +432,16 @@ impl<B: Backend> T5Stack<B> {
         values.permute([2, 0, 1]).unsqueeze::<4>()
     }
 
-    fn forward(
-        &self,
-        embeds: Tensor<B, 3>,
-        self_mask: Option<Tensor<B, 2, Int>>,
-        encoder: Option<(&Tensor<B, 3>, &Tensor<B, 4>)>,
-        mut cache: Option<&mut T5Cache<B>>,
-    ) -> Tensor<B, 3> {
-        let device = embeds.device();
-        let [b, s, _] = embeds.dims();
-        let offset = cache.as_ref().map_or(0, |c| c.len);
+    /// The self-attention bias every block of this stack adds, `[b | 1, h, s, t]`: the relative
+    /// position bias (first block's table) with padded keys (`self_mask: [b, t]`) and, in the
+    /// decoder, future positions masked. Queries are `offset..offset+s`.
+    pub fn self_bias(&self, b: usize, s: usize, offset: usize, self_mask: Option<Tensor<B, 2, Int>>, device: &B::Device) -> Tensor<B, 4> {
         let t = offset + s;
-        let mut bias = self.position_bias(s, t, offset, &device);
+        let mut bias = self.position_bias(s, t, offset, device);
         let mut masked: Option<Tensor<B, 4, Bool>> = None;
         if self.is_decoder {
             let causal: Vec<bool> = (0..s).flat_map(|i| (0..t).map(move |j| j > offset + i)).collect();
-            masked = Some(Tensor::<B, 2, Bool>::from_data(TensorData::new(causal, [s, t]), &device).unsqueeze::<4>().expand([b, 1, s, t]));
+            masked = Some(Tensor::<B, 2, Bool>::from_data(TensorData::new(causal, [s, t]), device).unsqueeze::<4>().expand([b, 1, s, t]));
         }
         if let Some(m) = self_mask {
             assert_eq!(m.dims(), [b, t], "attention mask must be [batch, cached + new]");
@@ -461,6 +455,28 @@ impl<B: Backend> T5Stack<B> {
             let [_, h, _, _] = bias.dims();
             bias = mask_bias(bias.expand([b, h, s, t]), m.expand([b, h, s, t]));
         }
+        bias
+    }
+
+    /// Block `i` on its input `x` (no cache) with the stack's [`Self::self_bias`] and, in the
+    /// decoder, the encoder output and its cross bias: one segment of the stack's forward, what
+    /// per-block activation checkpointing re-runs in the backward pass.
+    pub fn block_forward(&self, i: usize, x: Tensor<B, 3>, bias: &Tensor<B, 4>, encoder: Option<(&Tensor<B, 3>, &Tensor<B, 4>)>) -> Tensor<B, 3> {
+        block_forward(&self.block[i], x, bias, encoder, None)
+    }
+
+    fn forward(
+        &self,
+        embeds: Tensor<B, 3>,
+        self_mask: Option<Tensor<B, 2, Int>>,
+        encoder: Option<(&Tensor<B, 3>, &Tensor<B, 4>)>,
+        mut cache: Option<&mut T5Cache<B>>,
+    ) -> Tensor<B, 3> {
+        let device = embeds.device();
+        let [b, s, _] = embeds.dims();
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        let t = offset + s;
+        let bias = self.self_bias(b, s, offset, self_mask, &device);
         let mut x = embeds;
         for (i, blk) in self.block.iter().enumerate() {
             let lc = cache.as_deref_mut().map(|c| &mut c.layers[i]);
@@ -579,6 +595,12 @@ impl<B: Backend> T5<B> {
         cache: Option<&mut T5Cache<B>>,
     ) -> Tensor<B, 3> {
         let h = self.decoder.forward(self.shared.forward(decoder_input_ids), None, Some((encoder_out, cross_bias)), cache);
+        self.head(h)
+    }
+
+    /// Output head on the decoder's final-norm states: `[b, s, d_model] → [b, s, vocab]` (tied
+    /// heads rescale by `d_model^-1/2` first, as transformers does).
+    pub fn head(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
             Some(head) => head.forward(h),
             None => self.shared.attend(h * (self.config.d_model as f64).powf(-0.5)),

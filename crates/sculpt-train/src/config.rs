@@ -116,6 +116,62 @@ pub enum Precision {
     Bf16,
 }
 
+/// Activation checkpointing (`[train] activation_checkpointing`): `false`, `"blocks"` (or
+/// `true`) or `"ops"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(try_from = "CheckpointingRaw", into = "CheckpointingRaw")]
+pub enum Checkpointing {
+    /// Keep every activation the backward pass needs.
+    #[default]
+    Off,
+    /// Per block: the forward keeps only each block's input (and the encoder output); the
+    /// backward re-runs one block at a time and back-propagates through it alone.
+    Blocks,
+    /// burn's balanced strategy: memory-bound (element-wise) ops are recomputed in the backward
+    /// pass, across every block.
+    Ops,
+}
+
+impl Checkpointing {
+    /// Any checkpointing at all.
+    pub fn enabled(self) -> bool {
+        self != Checkpointing::Off
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum CheckpointingRaw {
+    Switch(bool),
+    Named(String),
+}
+
+impl TryFrom<CheckpointingRaw> for Checkpointing {
+    type Error = String;
+    fn try_from(raw: CheckpointingRaw) -> std::result::Result<Self, String> {
+        match raw {
+            CheckpointingRaw::Switch(false) => Ok(Checkpointing::Off),
+            CheckpointingRaw::Switch(true) => Ok(Checkpointing::Blocks),
+            CheckpointingRaw::Named(n) => match n.as_str() {
+                "off" | "none" => Ok(Checkpointing::Off),
+                "blocks" => Ok(Checkpointing::Blocks),
+                "ops" => Ok(Checkpointing::Ops),
+                other => Err(format!("activation_checkpointing: expected false, true, \"blocks\" or \"ops\", got \"{other}\"")),
+            },
+        }
+    }
+}
+
+impl From<Checkpointing> for CheckpointingRaw {
+    fn from(c: Checkpointing) -> Self {
+        match c {
+            Checkpointing::Off => CheckpointingRaw::Switch(false),
+            Checkpointing::Blocks => CheckpointingRaw::Named("blocks".into()),
+            Checkpointing::Ops => CheckpointingRaw::Named("ops".into()),
+        }
+    }
+}
+
 /// What to do with a prompt or answer longer than its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -328,10 +384,11 @@ pub struct TrainSection {
     /// Shuffle each epoch with the run seed; off = file order.
     #[serde(default)]
     pub shuffle: bool,
-    /// Recompute memory-bound activations in the backward pass instead of keeping them
-    /// (burn's balanced checkpointing strategy, applied to every block).
+    /// Recompute activations in the backward pass instead of keeping them: `"blocks"` (`true`)
+    /// keeps only block inputs and re-runs each block; `"ops"` is burn's op-level balanced
+    /// strategy; `false` keeps everything.
     #[serde(default)]
-    pub activation_checkpointing: bool,
+    pub activation_checkpointing: Checkpointing,
     /// `fp32`, or `bf16` mixed precision: linear layers multiply in bf16 while the parameters,
     /// gradients, optimizer state, SVD and projections stay fp32 (norms, softmax, logits and the
     /// loss too).
@@ -394,7 +451,7 @@ impl Default for TrainSection {
             weight_decay: 0.0,
             max_grad_norm: d_clip(),
             shuffle: false,
-            activation_checkpointing: false,
+            activation_checkpointing: Checkpointing::Off,
             precision: Precision::Fp32,
             on_non_finite: NonFinitePolicy::Stop,
             checkpoint_every: 0,
@@ -585,6 +642,19 @@ mod tests {
         assert_eq!(c.tasks[0].data, PathBuf::from("/cfg/a.jsonl"));
         assert_eq!(c.method, Method::Osft);
         assert_eq!(c.train.batch_size, 8);
+    }
+
+    #[test]
+    fn activation_checkpointing_values() {
+        for (v, want) in [("false", Checkpointing::Off), ("true", Checkpointing::Blocks), ("\"blocks\"", Checkpointing::Blocks), ("\"ops\"", Checkpointing::Ops)] {
+            let c = RunConfig::from_toml(Path::new("r.toml"), &format!("{MIN}[train]\nactivation_checkpointing = {v}\n")).unwrap();
+            assert_eq!(c.train.activation_checkpointing, want, "{v}");
+            // What a run saves reads back the same.
+            let again: RunConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+            assert_eq!(again.train.activation_checkpointing, want, "{v} round trip");
+        }
+        let e = RunConfig::from_toml(Path::new("r.toml"), &format!("{MIN}[train]\nactivation_checkpointing = \"layers\"\n")).unwrap_err().to_string();
+        assert!(e.contains("activation_checkpointing") && e.contains("\"blocks\"") && e.contains("layers") && e.contains("r.toml"), "{e}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! optimizer, the projected training step, and the task-by-task run that writes a Hugging Face
 //! folder at the end.
 
+pub mod checkpoint;
 pub mod compare;
 pub mod config;
 pub mod demo;

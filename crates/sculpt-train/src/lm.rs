@@ -1,7 +1,8 @@
 //! The interface the training loop needs from a model: a loss on a padded batch, computed exactly
 //! as transformers computes it, plus named parameters.
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, ParamId};
+use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 use sculpt_data::Batch;
@@ -32,6 +33,27 @@ pub trait LanguageModel<B: AutodiffBackend>: AutodiffModule<B> + NamedParams<B> 
     fn eos_id(&self) -> u32;
     /// Greedy continuations of `prompts` (new ids only, EOS kept), without autodiff.
     fn greedy(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Vec<Vec<u32>>;
+    /// The loss value and the gradients of `loss / parts` for the `trainable` parameters, with
+    /// per-block activation checkpointing ([`crate::checkpoint`]).
+    fn loss_grads_checkpointed(&self, batch: &Batch, parts: usize, trainable: &[(ParamId, usize)]) -> (f64, GradientsParams);
+}
+
+/// The LLaMA loss from final-norm hidden states `h: [b, s, d]`.
+pub(crate) fn llama_head_loss<B: AutodiffBackend>(m: &Llama<B>, h: Tensor<B, 3>, labels: &[Vec<i64>]) -> Tensor<B, 1> {
+    let device = h.device();
+    match predicting_positions(labels) {
+        // The output head (and its backward) only at the positions that predict a counted
+        // label — prompt-only positions contribute nothing to the loss or its gradient.
+        Some((rows, targets)) => {
+            let [b, s, d] = h.dims();
+            let n = rows.len();
+            let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
+            let h = h.reshape([b * s, d]).select(0, rows).reshape([1, n, d]);
+            let logits = m.head(h).reshape([n, m.config().vocab_size]);
+            cross_entropy(logits, Tensor::from_data(TensorData::new(targets, [n]), &device))
+        }
+        None => causal_lm_loss(m.head(h), int_tensor::<B, _>(labels, &device)),
+    }
 }
 
 impl<B: AutodiffBackend> LanguageModel<B> for Llama<B> {
@@ -40,19 +62,10 @@ impl<B: AutodiffBackend> LanguageModel<B> for Llama<B> {
         let ids = int_tensor::<B, _>(&batch.input_ids, &device);
         let mask = int_tensor::<B, _>(&batch.attention_mask, &device);
         let h = self.hidden_states(ids, Some(mask), None);
-        match predicting_positions(&batch.labels) {
-            // The output head (and its backward) only at the positions that predict a counted
-            // label — prompt-only positions contribute nothing to the loss or its gradient.
-            Some((rows, targets)) => {
-                let [b, s, d] = h.dims();
-                let n = rows.len();
-                let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
-                let h = h.reshape([b * s, d]).select(0, rows).reshape([1, n, d]);
-                let logits = self.head(h).reshape([n, self.config().vocab_size]);
-                cross_entropy(logits, Tensor::from_data(TensorData::new(targets, [n]), &device))
-            }
-            None => causal_lm_loss(self.head(h), int_tensor::<B, _>(&batch.labels, &device)),
-        }
+        llama_head_loss(self, h, &batch.labels)
+    }
+    fn loss_grads_checkpointed(&self, batch: &Batch, parts: usize, trainable: &[(ParamId, usize)]) -> (f64, GradientsParams) {
+        crate::checkpoint::llama(self, batch, parts, trainable)
     }
     fn family(&self) -> &'static str {
         "llama"
@@ -124,6 +137,9 @@ impl<B: AutodiffBackend> LanguageModel<B> for T5<B> {
         let dec = int_tensor::<B, _>(&shift_right(&batch.labels, c.decoder_start_token_id, c.pad_token_id), &device);
         let logits = self.forward(ids, Some(mask), dec);
         seq2seq_loss(logits, int_tensor::<B, _>(&batch.labels, &device))
+    }
+    fn loss_grads_checkpointed(&self, batch: &Batch, parts: usize, trainable: &[(ParamId, usize)]) -> (f64, GradientsParams) {
+        crate::checkpoint::t5(self, batch, parts, trainable)
     }
     fn family(&self) -> &'static str {
         "t5"

@@ -780,6 +780,7 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
             task: &phase_name,
             names: Some(&param_names),
             skip_non_finite: cfg.train.on_non_finite == crate::config::NonFinitePolicy::Skip,
+            checkpoint_blocks: cfg.train.activation_checkpointing == crate::config::Checkpointing::Blocks,
         };
         tracing::info!(task = %phase_name, examples = n_examples, steps, "training");
         let pb = bar(steps, &format!("train {phase_name}"));

@@ -44,6 +44,9 @@ pub struct StepContext<'a, B: AutodiffBackend> {
     pub names: Option<&'a std::collections::BTreeMap<ParamId, String>>,
     /// Skip a step whose loss or gradient is not finite instead of stopping the run.
     pub skip_non_finite: bool,
+    /// Per-block activation checkpointing ([`crate::checkpoint`]); op-level checkpointing is
+    /// the backend's (`Autodiff<_, BalancedCheckpointing>`) and needs nothing here.
+    pub checkpoint_blocks: bool,
 }
 
 fn squared_norm<B: AutodiffBackend>(grads: &GradientsParams, id: ParamId, rank: usize) -> f64 {
@@ -86,7 +89,7 @@ pub fn train_step<B: AutodiffBackend, M: LanguageModel<B>>(
 }
 
 /// Sum `from` into `into` for every trainable parameter.
-fn add_grads<B: AutodiffBackend>(into: &mut GradientsParams, mut from: GradientsParams, trainable: &[(ParamId, usize)]) {
+pub(crate) fn add_grads<B: AutodiffBackend>(into: &mut GradientsParams, mut from: GradientsParams, trainable: &[(ParamId, usize)]) {
     for &(id, rank) in trainable {
         match rank {
             1 => {
@@ -130,6 +133,35 @@ pub fn train_step_accumulated<B: AutodiffBackend, M: LanguageModel<B>>(
     let mut penalty_value = 0.0;
     let mut acc: Option<GradientsParams> = None;
     for (i, batch) in batches.iter().enumerate() {
+        if cx.checkpoint_blocks {
+            // forward → loss → backward, one block at a time
+            let (value, g) = model.loss_grads_checkpointed(batch, parts, cx.trainable);
+            if !value.is_finite() {
+                if cx.skip_non_finite {
+                    return skipped(model, value);
+                }
+                return Err(TrainError::NonFinite { task: cx.task.into(), step, what: format!("loss ({value})") });
+            }
+            loss_sum += value;
+            let mut g = g;
+            if i == 0 {
+                if let Some(term) = penalty.and_then(|f| f(&mut model)) {
+                    penalty_value = term.clone().into_scalar().elem::<f64>();
+                    if !penalty_value.is_finite() {
+                        return Err(TrainError::NonFinite { task: cx.task.into(), step, what: format!("penalty ({penalty_value})") });
+                    }
+                    add_grads::<B>(&mut g, GradientsParams::from_grads(term.backward(), &model), cx.trainable);
+                }
+            }
+            acc = Some(match acc {
+                None => g,
+                Some(mut a) => {
+                    add_grads::<B>(&mut a, g, cx.trainable);
+                    a
+                }
+            });
+            continue;
+        }
         // forward → loss
         let mut loss = model.loss(batch);
         let value = loss.clone().into_scalar().elem::<f64>();
