@@ -81,19 +81,19 @@ impl MemoryPlan {
             if self.bf16 { "bf16 mixed precision (fp32 master weights)" } else { "fp32" }
         );
         for r in &self.rows {
-            s.push_str(&format!("  {:<44}{}\n", r.what, gib(r.bytes)));
+            s.push_str(&format!("  {:<56}{}\n", r.what, gib(r.bytes)));
         }
-        s.push_str(&format!("  {:<44}{}\n", "activations", gib(self.activations)));
+        s.push_str(&format!("  {:<56}{}\n", "activations", gib(self.activations)));
         let name = match self.checkpointing {
             Checkpointing::Ops => "ops",
             _ => "blocks",
         };
-        s.push_str(&format!("  {:<44}{}\n", format!("activations (activation_checkpointing = {name})"), gib(self.activations_checkpointed)));
+        s.push_str(&format!("  {:<56}{}\n", format!("activations (activation_checkpointing = {name})"), gib(self.activations_checkpointed)));
         if self.bf16 {
-            s.push_str(&format!("  {:<44}{}\n", format!("{BF16_COPIES} (checkpointing = {name})"), gib(self.bf16_copies_checkpointed)));
+            s.push_str(&format!("  {:<56}{}\n", format!("{BF16_COPIES} (checkpointing = {name})"), gib(self.bf16_copies_checkpointed)));
         }
         let (a, b) = self.totals();
-        s.push_str(&format!("  {:<44}{}\n  {:<44}{}\n", "total", gib(a), "total with activation_checkpointing", gib(b)));
+        s.push_str(&format!("  {:<56}{}\n  {:<56}{}\n", "total", gib(a), "total with activation_checkpointing", gib(b)));
         s
     }
 }
@@ -365,6 +365,15 @@ mod tests {
         // Per layer: 4 attention matrices 4096² (R 4096, r 1024) and 3 MLP ones 11008×4096 (R 4096, r 1024).
         let low_per_layer = 4 * 1024 * (4096 + 4096 + 1) + 3 * 1024 * (11008 + 4096 + 1);
         assert_eq!(p.trainable, 32 * low_per_layer as u64);
+        // Per-block checkpointing keeps the block inputs and one block's graph.
+        assert_eq!(p.checkpointing, Checkpointing::Blocks);
+        assert!(p.activations_checkpointed * 10 < p.activations, "{} vs {}", p.activations_checkpointed, p.activations);
+        let one = plan(&cfg(dir.path(), "osft", "[train]\nbatch_size = 1\n[osft]\nrank = { rule = \"unfreeze\", fraction = 0.25 }\n"), Some(512)).unwrap();
+        println!("{}", one.to_text());
+        let ops = plan(&cfg(dir.path(), "osft", "[train]\nbatch_size = 8\nactivation_checkpointing = \"ops\"\n[osft]\nrank = { rule = \"unfreeze\", fraction = 0.25 }\n"), Some(512)).unwrap();
+        assert_eq!(ops.checkpointing, Checkpointing::Ops);
+        assert!(ops.activations_checkpointed > 10 * p.activations_checkpointed && ops.activations_checkpointed < p.activations);
+        println!("{}", ops.to_text());
         let seqft = plan(&cfg(dir.path(), "seqft", "[train]\nbatch_size = 8\n"), Some(512)).unwrap();
         assert_eq!(seqft.trainable, p.parameters);
         println!("{}\n{}", p.to_text(), seqft.to_text());
@@ -376,5 +385,7 @@ mod tests {
         assert!(bf.activations < p.activations && bf.activations_checkpointed < p.activations_checkpointed);
         let copies = bf.rows.iter().find(|r| r.what.starts_with("bf16 copies")).expect("bf16 row").bytes;
         assert_eq!(copies, 2 * (32 * (4 * 4096 * 4096 + 3 * 11008 * 4096) + 32000 * 4096));
+        // Checkpointed by blocks, one block's copies are alive at a time.
+        assert_eq!(bf.bf16_copies_checkpointed, 2 * (4 * 4096 * 4096 + 3 * 11008 * 4096));
     }
 }
