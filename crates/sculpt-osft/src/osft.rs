@@ -78,6 +78,28 @@ pub struct OsftConfig {
     /// How the projections run.
     #[serde(default)]
     pub projection: ProjectionImpl,
+    /// Which basis each side's projection multiplies by.
+    #[serde(default, skip_serializing_if = "is_default_bases")]
+    pub bases: ProjectionBases,
+}
+
+fn is_default_bases(b: &ProjectionBases) -> bool {
+    *b == ProjectionBases::default()
+}
+
+/// The basis of each side's projection (`[osft] bases`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectionBases {
+    /// The smaller of two equal projections, per side. A side whose dimension is `R` (the `n`
+    /// rows when `n ≤ m`, the `m` columns when `m ≤ n`) is spanned by the frozen and the initial
+    /// low singular vectors together. There `I − U_h U_hᵀ = U_⊥ U_⊥ᵀ`, with `U_⊥` the low basis
+    /// at decomposition. When `r < k`, `x ↦ U_⊥(U_⊥ᵀ x)` costs `r/k` of `x − U_h(U_hᵀ x)` and
+    /// stores `r/k` of the basis. Other sides use the frozen basis.
+    #[default]
+    Auto,
+    /// Always the frozen bases `U_h`, `Vt_h` (the spec's formula, on every side).
+    High,
 }
 
 /// The implementation of the training step's projections (`[osft] projection`).
@@ -147,10 +169,20 @@ pub struct ResolvedTarget {
     pub rule: RankRule,
 }
 
+/// One side's projection basis.
+#[derive(Clone)]
+enum Basis<B: Backend> {
+    /// The frozen basis (`U_h: [n, k]`, or `Vt_h: [k, m]` as rows): `x − U_h(U_hᵀ x)`.
+    High(Tensor<B, 2>),
+    /// The complement basis (`U_⊥: [n, r]`, or `Vt_⊥: [r, m]`), the low factors at
+    /// decomposition. `U_⊥(U_⊥ᵀ x)` is the same projection (see [`ProjectionBases::Auto`]).
+    Low(Tensor<B, 2>),
+}
+
 struct Target<B: AutodiffBackend> {
     info: ResolvedTarget,
-    u_high: Tensor<B::InnerBackend, 2>,
-    vt_high: Tensor<B::InnerBackend, 2>,
+    u_basis: Basis<B::InnerBackend>,
+    vt_basis: Basis<B::InnerBackend>,
     u_id: ParamId,
     s_id: ParamId,
     vt_id: ParamId,
@@ -265,11 +297,21 @@ impl<B: AutodiffBackend> Osft<B> {
             };
             let (u_id, s_id, vt_id) = (delta.u.id, delta.s.id, delta.vt.id);
             lin.delta = Some(delta);
-            let u_high = upload::<B::InnerBackend, 2>(slice_cols(&svd.u, n, r, 0, k), [n, k], &device);
-            let vt_high = upload::<B::InnerBackend, 2>(svd.vt[..k * m].to_vec(), [k, m], &device);
+            // The complement basis where it spans the same projection and is smaller.
+            let complement = cfg.bases == ProjectionBases::Auto && rl < k;
+            let u_basis = if complement && n == r {
+                Basis::Low(upload::<B::InnerBackend, 2>(slice_cols(&svd.u, n, r, k, r), [n, rl], &device))
+            } else {
+                Basis::High(upload::<B::InnerBackend, 2>(slice_cols(&svd.u, n, r, 0, k), [n, k], &device))
+            };
+            let vt_basis = if complement && m == r {
+                Basis::Low(upload::<B::InnerBackend, 2>(svd.vt[k * m..].to_vec(), [rl, m], &device))
+            } else {
+                Basis::High(upload::<B::InnerBackend, 2>(svd.vt[..k * m].to_vec(), [k, m], &device))
+            };
             tracing::debug!(target = %info.name, n, m, k, r_low = rl, "decomposed");
             state.by_name.insert(info.name.clone(), state.targets.len());
-            state.targets.push(Target { info, u_high, vt_high, u_id, s_id, vt_id });
+            state.targets.push(Target { info, u_basis, vt_basis, u_id, s_id, vt_id });
         });
         Ok((model, state))
     }
@@ -303,30 +345,41 @@ impl<B: AutodiffBackend> Osft<B> {
         self.kernels && sculpt_kernels::has_kernels::<B::InnerBackend>()
     }
 
-    fn pu(&self, x: Tensor<B::InnerBackend, 2>, u_high: Tensor<B::InnerBackend, 2>) -> Tensor<B::InnerBackend, 2> {
-        if self.kernels {
-            sculpt_kernels::project_u_auto(x, u_high)
-        } else {
-            project_u(x, u_high)
+    /// How many target sides project with the complement basis ([`ProjectionBases::Auto`]).
+    pub fn complement_sides(&self) -> usize {
+        self.targets.iter().map(|t| usize::from(matches!(t.u_basis, Basis::Low(_))) + usize::from(matches!(t.vt_basis, Basis::Low(_)))).sum()
+    }
+
+    /// U side: `x − U_h(U_hᵀ x)`, or `U_⊥(U_⊥ᵀ x)`.
+    fn pu(&self, x: Tensor<B::InnerBackend, 2>, basis: &Basis<B::InnerBackend>) -> Tensor<B::InnerBackend, 2> {
+        match (basis, self.kernels) {
+            (Basis::High(b), true) => sculpt_kernels::project_u_auto(x, b.clone()),
+            (Basis::High(b), false) => project_u(x, b.clone()),
+            // The kernel removes a span; keeping one is `x` minus what it removes.
+            (Basis::Low(b), true) if sculpt_kernels::has_kernels::<B::InnerBackend>() => x.clone() - sculpt_kernels::project_u_auto(x, b.clone()),
+            (Basis::Low(b), _) => b.clone().matmul(b.clone().transpose().matmul(x)),
         }
     }
 
-    fn pv(&self, x: Tensor<B::InnerBackend, 2>, vt_high: Tensor<B::InnerBackend, 2>) -> Tensor<B::InnerBackend, 2> {
-        if self.kernels {
-            sculpt_kernels::project_vt_auto(x, vt_high)
-        } else {
-            project_vt(x, vt_high)
+    /// V side (rows): `x − (x Vt_hᵀ) Vt_h`, or `(x Vt_⊥ᵀ) Vt_⊥`.
+    fn pv(&self, x: Tensor<B::InnerBackend, 2>, basis: &Basis<B::InnerBackend>) -> Tensor<B::InnerBackend, 2> {
+        match (basis, self.kernels) {
+            (Basis::High(b), true) => sculpt_kernels::project_vt_auto(x, b.clone()),
+            (Basis::High(b), false) => project_vt(x, b.clone()),
+            (Basis::Low(b), true) if sculpt_kernels::has_kernels::<B::InnerBackend>() => x.clone() - sculpt_kernels::project_vt_auto(x, b.clone()),
+            (Basis::Low(b), _) => x.matmul(b.clone().transpose()).matmul(b.clone()),
         }
     }
 
-    /// Project the low-factor gradients: `dU ← dU − U_h(U_hᵀ dU)`, `dVt ← dVt − (dVt Vt_hᵀ) Vt_h`.
+    /// Project the low-factor gradients: `dU ← dU − U_h(U_hᵀ dU)`, `dVt ← dVt − (dVt Vt_hᵀ) Vt_h`
+    /// (or the same projections through the complement bases).
     pub fn project_grads(&self, grads: &mut GradientsParams) {
         for t in &self.targets {
             if let Some(g) = grads.remove::<B::InnerBackend, 2>(t.u_id) {
-                grads.register(t.u_id, self.pu(g, t.u_high.clone()));
+                grads.register(t.u_id, self.pu(g, &t.u_basis));
             }
             if let Some(g) = grads.remove::<B::InnerBackend, 2>(t.vt_id) {
-                grads.register(t.vt_id, self.pv(g, t.vt_high.clone()));
+                grads.register(t.vt_id, self.pv(g, &t.vt_basis));
             }
         }
     }
@@ -336,31 +389,46 @@ impl<B: AutodiffBackend> Osft<B> {
         model.visit_linears_mut(&mut |name, lin| {
             let (Some(&i), Some(d)) = (self.by_name.get(name), lin.delta.take()) else { return };
             let t = &self.targets[i];
-            let u = d.u.map(|x| Tensor::from_inner(self.pu(x.inner(), t.u_high.clone())).require_grad());
-            let vt = d.vt.map(|x| Tensor::from_inner(self.pv(x.inner(), t.vt_high.clone())).require_grad());
+            let u = d.u.map(|x| Tensor::from_inner(self.pu(x.inner(), &t.u_basis)).require_grad());
+            let vt = d.vt.map(|x| Tensor::from_inner(self.pv(x.inner(), &t.vt_basis)).require_grad());
             lin.delta = Some(LowRank { u, s: d.s, vt });
         });
     }
 
-    /// Largest entries of the cross products `(max|U_hᵀ U_l|, max|Vt_l Vt_hᵀ|)` over all targets:
-    /// zero (to rounding) while the low factors stay orthogonal to the frozen bases.
+    /// How far the low factors have left the space they may move in, over all targets, as the
+    /// largest entry on each side: `max|U_hᵀ U_l|` and `max|Vt_l Vt_hᵀ|`, or, for a complement
+    /// basis, of the part outside it (`U_l − U_⊥U_⊥ᵀU_l`). Zero to rounding while the low
+    /// factors stay orthogonal to the frozen subspace.
     pub fn leakage<M: NamedParams<B>>(&self, model: &mut M) -> (f32, f32) {
         let mut worst = (0.0f32, 0.0f32);
         model.visit_linears_mut(&mut |name, lin| {
             let (Some(&i), Some(d)) = (self.by_name.get(name), lin.delta.as_ref()) else { return };
             let t = &self.targets[i];
-            let a: f32 = t.u_high.clone().transpose().matmul(d.u.val().inner()).abs().max().into_scalar().to_f32_lossy();
-            let b: f32 = d.vt.val().inner().matmul(t.vt_high.clone().transpose()).abs().max().into_scalar().to_f32_lossy();
-            worst = (worst.0.max(a), worst.1.max(b));
+            let (u, vt) = (d.u.val().inner(), d.vt.val().inner());
+            let a = match &t.u_basis {
+                Basis::High(b) => b.clone().transpose().matmul(u),
+                Basis::Low(b) => u.clone() - b.clone().matmul(b.clone().transpose().matmul(u)),
+            };
+            let c = match &t.vt_basis {
+                Basis::High(b) => vt.matmul(b.clone().transpose()),
+                Basis::Low(b) => vt.clone() - vt.matmul(b.clone().transpose()).matmul(b.clone()),
+            };
+            let a: f32 = a.abs().max().into_scalar().to_f32_lossy();
+            let c: f32 = c.abs().max().into_scalar().to_f32_lossy();
+            worst = (worst.0.max(a), worst.1.max(c));
         });
         worst
     }
 
-    /// The frozen bases of `name` on the host: `(U_h [n, k], Vt_h [k, m])`.
+    /// The frozen bases of `name` on the host, `(U_h [n, k], Vt_h [k, m])`, when both of its sides
+    /// project with them (`None` for a side on the complement basis).
     pub fn frozen_bases(&self, name: &str) -> Option<(Vec<f32>, Vec<f32>)> {
         let t = &self.targets[*self.by_name.get(name)?];
         let f = |x: &Tensor<B::InnerBackend, 2>| x.clone().into_data().convert::<f32>().into_vec::<f32>().expect("f32");
-        Some((f(&t.u_high), f(&t.vt_high)))
+        match (&t.u_basis, &t.vt_basis) {
+            (Basis::High(u), Basis::High(vt)) => Some((f(u), f(vt))),
+            _ => None,
+        }
     }
 }
 

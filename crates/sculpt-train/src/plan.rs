@@ -225,14 +225,18 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
                 let (n, m) = (n as u64, m as u64);
                 let r = n.min(m) - k;
                 dense += n * m;
-                high += k * (n + m);
+                // Each side stores the frozen basis, or the smaller complement one where it spans
+                // the same projection (`[osft] bases = "auto"`).
+                let complement = cfg.osft.bases == sculpt_osft::ProjectionBases::Auto && r < k;
+                let side = |dim: u64| if complement && dim == n.min(m) { r } else { k };
+                high += n * side(n) + m * side(m);
                 low += r * (n + m + 1);
             }
             let others = parameters - dense;
             let non_targets_train = if cfg.osft.train_non_targets { others } else { 0 };
             trainable = low + non_targets_train;
             rows.push(PlanRow { what: "frozen weights (non-targets + dense W_high)".into(), bytes: F32 * parameters });
-            rows.push(PlanRow { what: "frozen bases U_h, Vt_h (projections)".into(), bytes: F32 * high });
+            rows.push(PlanRow { what: "projection bases (U_h, Vt_h or complements)".into(), bytes: F32 * high });
             rows.push(PlanRow { what: "trainable low factors U_l, s_l, Vt_l".into(), bytes: F32 * low });
             rows.push(PlanRow { what: "gradients".into(), bytes: F32 * trainable });
             rows.push(PlanRow { what: format!("optimizer state ({})", if adam { "AdamW: 2 moments" } else { "SGD: none" }), bytes: F32 * opt_factor * trainable });
