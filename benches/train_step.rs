@@ -1,6 +1,7 @@
 //! Training-step throughput on the CPU backend: a plain full fine-tuning step and an OSFT step
 //! (PEFT's default, preserve half of every target) on the same model, batch and sequence length,
-//! with the projections' share of the OSFT step. One JSON line per method.
+//! with the projections' share of the OSFT step; then OSFT preserving 0.8 of every target
+//! through the frozen and through the complement bases. One JSON line per method.
 //! `cargo xtask bench step` pairs it with `benches/torch_step.py` (plain PyTorch and PEFT OSF).
 //!
 //! `cargo bench -p sculpt --profile dev --bench train_step -- --model <gguf|folder> --batch 4 --seq 128 --steps 2`
@@ -11,7 +12,7 @@ use std::time::Instant;
 use burn::backend::{Autodiff, Flex};
 use sculpt_data::Batch;
 use sculpt_models::{Model, Pretrained};
-use sculpt_osft::{Osft, OsftConfig};
+use sculpt_osft::{Osft, OsftConfig, ProjectionBases, RankRule};
 use sculpt_train::config::TrainSection;
 use sculpt_train::lm::LanguageModel;
 use sculpt_train::optim::TaskOptimizer;
@@ -45,13 +46,24 @@ fn main() {
         Model::T5(_) => panic!("the step bench uses a LLaMA model"),
     };
     let train = TrainSection { lr: 1e-5, max_grad_norm: 1.0, ..Default::default() };
-    for method in ["full", "osft"] {
+    // `osft`: PEFT's setting (k = R/2). `k0.8-*`: the adaptive rule's mean retained ratio
+    // (trr 0.8) as a uniform rule, through the frozen bases and through the complement bases
+    // (`[osft] bases = "auto"`, cheaper when r < k).
+    for method in ["full", "osft", "k0.8-frozen", "k0.8-complement"] {
         let mut model = load();
         let vocab = LanguageModel::<Ad>::vocab_size(&model) as u64;
         let data = batches(steps + 1, b, s, vocab);
-        let (osft, trainable, decayed) = if method == "osft" {
+        let (osft, trainable, decayed) = if method != "full" {
+            let cfg = match method {
+                "osft" => OsftConfig::default(),
+                _ => OsftConfig {
+                    rank: RankRule::Preserve { fraction: Some(0.8), count: None },
+                    bases: if method == "k0.8-frozen" { ProjectionBases::High } else { ProjectionBases::Auto },
+                    ..Default::default()
+                },
+            };
             let t0 = Instant::now();
-            let (m, o) = Osft::attach(model, &OsftConfig::default(), "llama", None).expect("attach");
+            let (m, o) = Osft::attach(model, &cfg, "llama", None).expect("attach");
             eprintln!("decomposed in {:.1} s", t0.elapsed().as_secs_f64());
             model = m;
             let ids = o.low_param_ids();

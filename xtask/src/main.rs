@@ -195,6 +195,16 @@ fn bench_step(rest: &[String]) -> Result<(), String> {
     let get = |lines: &[String], name: &str| lines.iter().find(|l| l.contains(name)).and_then(|l| number(l, "s_per_step"));
     if let (Some(full), Some(osft)) = (get(&lines, "sculpt-full"), get(&lines, "sculpt-osft")) {
         println!("train step, SmolLM2-135M, batch {batch} × seq {seq}: OSFT {osft:.2} s vs plain full FT {full:.2} s = {:.2}× (goal ≤ 1.15×)", osft / full);
+        let frac = |name: &str| lines.iter().find(|l| l.contains(name)).and_then(|l| number(l, "projection_fraction"));
+        if let (Some(hi), Some(lo), Some(fh), Some(fl)) = (get(&lines, "k0.8-frozen"), get(&lines, "k0.8-complement"), frac("k0.8-frozen"), frac("k0.8-complement")) {
+            println!(
+                "OSFT preserving 0.8 R: frozen bases {hi:.2} s ({:.2}× plain, projections {:.1} %), complement bases {lo:.2} s ({:.2}× plain, projections {:.1} %)",
+                hi / full,
+                100.0 * fh,
+                lo / full,
+                100.0 * fl
+            );
+        }
     }
     // The PyTorch script prints one JSON line per method (plain, PEFT OSF).
     let mut py_args = args.clone();
