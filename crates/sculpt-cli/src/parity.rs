@@ -136,11 +136,18 @@ pub fn run<B: Backend + ProjectionOps>(name: &str, device: &B::Device, fixtures:
     // 5. One OSFT step (SGD: the update is linear in the gradient, so it shows gradient
     //    differences directly; Adam's first step ≈ sign(g) would amplify round-off on tiny gradients).
     let dir = fixtures.join("llama-tied-tiny");
-    let (loss_b, norm_b, fac_b) = osft_step::<Autodiff<B>>(&dir, device)?;
-    let (loss_c, norm_c, fac_c) = osft_step::<Autodiff<Flex>>(&dir, &cpu)?;
+    let (loss_b, norm_b, fac_b) = osft_step::<Autodiff<B>>(&dir, &OsftConfig::default(), device)?;
+    let (loss_c, norm_c, fac_c) = osft_step::<Autodiff<Flex>>(&dir, &OsftConfig::default(), &cpu)?;
     push("osft step: loss", (loss_b - loss_c).abs(), 1e-5, "mean cross-entropy ≈ 5 in fp32 after a forward: ≈ 1e-6");
     push("osft step: projected gradient norm", (norm_b - norm_c).abs() / norm_c.max(1e-12), 1e-4, "relative; backward accumulates over every parameter");
     push("osft step: updated low factors", max_abs(&fac_b, &fac_c), 1e-5, "lr 0.1 × gradient differences (≈ 1e-5) + projections");
+    // The same step at k = ¾R, where every side of dimension R projects through its complement
+    // basis (on kernel backends: `x` minus the kernel's removal).
+    let cfg = OsftConfig { rank: sculpt_osft::RankRule::Preserve { fraction: Some(0.75), count: None }, ..Default::default() };
+    let (_, norm_b, fac_b) = osft_step::<Autodiff<B>>(&dir, &cfg, device)?;
+    let (_, norm_c, fac_c) = osft_step::<Autodiff<Flex>>(&dir, &cfg, &cpu)?;
+    push("osft step, complement bases: gradient norm", (norm_b - norm_c).abs() / norm_c.max(1e-12), 1e-4, "relative, as above");
+    push("osft step, complement bases: low factors", max_abs(&fac_b, &fac_c), 1e-5, "as above");
 
     // 6. A 3-task micro stream (decompose, train, merge, evaluate) through the whole pipeline.
     let (m_b, w_b) = micro_stream::<Autodiff<B>>(device)?;
@@ -151,10 +158,10 @@ pub fn run<B: Backend + ProjectionOps>(name: &str, device: &B::Device, fixtures:
     Ok(rows)
 }
 
-fn osft_step<A: burn::tensor::backend::AutodiffBackend>(dir: &Path, device: &A::Device) -> anyhow::Result<(f64, f64, Vec<f32>)> {
+fn osft_step<A: burn::tensor::backend::AutodiffBackend>(dir: &Path, cfg: &OsftConfig, device: &A::Device) -> anyhow::Result<(f64, f64, Vec<f32>)> {
     let pre = Pretrained::<A>::load(dir, device)?;
     let Model::Llama(model) = pre.model else { anyhow::bail!("{}: expected a LLaMA", dir.display()) };
-    let (model, osft) = Osft::attach(model, &OsftConfig::default(), "llama", None)?;
+    let (model, osft) = Osft::attach(model, cfg, "llama", None)?;
     let input = ids(4, 10, 90, 6);
     let labels: Vec<Vec<i64>> = input.iter().map(|r| r.iter().map(|&x| x as i64).collect()).collect();
     let batch = Batch { attention_mask: vec![vec![1; 10]; 4], input_ids: input, labels };
