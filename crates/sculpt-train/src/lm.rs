@@ -1,6 +1,9 @@
 //! The interface the training loop needs from a model: a loss on a padded batch, computed exactly
 //! as transformers computes it, plus named parameters.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
 use burn::module::{AutodiffModule, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
@@ -11,6 +14,8 @@ use sculpt_models::layers::{int_tensor, NamedParams};
 use sculpt_models::llama::Llama;
 use sculpt_models::loss::{causal_lm_loss, cross_entropy, seq2seq_loss, IGNORE_INDEX};
 use sculpt_models::t5::T5;
+use sculpt_osft::importance::{measure, CalibrationMask, NonSquare};
+use sculpt_osft::targets::TargetSet;
 
 /// A trainable language model.
 pub trait LanguageModel<B: AutodiffBackend>: AutodiffModule<B> + NamedParams<B> + Clone + Send {
@@ -26,9 +31,12 @@ pub trait LanguageModel<B: AutodiffBackend>: AutodiffModule<B> + NamedParams<B> 
     fn vocab_size(&self) -> usize;
     /// The device the parameters live on.
     fn device(&self) -> B::Device;
-    /// A forward pass for calibration (layer probes observe it): the whole input for decoder-only
-    /// models; for encoder–decoder models the encoder input and one decoder start token.
-    fn calibration_forward(&self, batch: &Batch);
+    /// Raw layer importances of the `targets` over the calibration `batches`
+    /// ([`sculpt_osft::importance::measure`]). Each forward pass takes the whole input for
+    /// decoder-only models; encoder–decoder models take the encoder input and one decoder start
+    /// token. The passes run on a copy of the model on the inner backend: burn's autodiff
+    /// registers even untracked ops in its graph and keeps them until the next backward.
+    fn calibration_importance(&self, targets: &TargetSet, mode: NonSquare, batches: &[Batch]) -> BTreeMap<String, f64>;
     /// The end-of-sequence id answers end with.
     fn eos_id(&self) -> u32;
     /// Greedy continuations of `prompts` (new ids only, EOS kept), without autodiff.
@@ -36,6 +44,11 @@ pub trait LanguageModel<B: AutodiffBackend>: AutodiffModule<B> + NamedParams<B> 
     /// The loss value and the gradients of `loss / parts` for the `trainable` parameters, with
     /// per-block activation checkpointing ([`crate::checkpoint`]).
     fn loss_grads_checkpointed(&self, batch: &Batch, parts: usize, trainable: &[(ParamId, usize)]) -> (f64, GradientsParams);
+}
+
+/// The token mask of `batch`, row-major, as the importance probes read it.
+fn mask_flags(batch: &Batch) -> Vec<f32> {
+    batch.attention_mask.iter().flatten().map(|&x| x as f32).collect()
 }
 
 /// The LLaMA loss from final-norm hidden states `h: [b, s, d]`.
@@ -83,11 +96,17 @@ impl<B: AutodiffBackend> LanguageModel<B> for Llama<B> {
     fn device(&self) -> B::Device {
         self.model.embed_tokens.weight.device()
     }
-    fn calibration_forward(&self, batch: &Batch) {
+    fn calibration_importance(&self, targets: &TargetSet, mode: NonSquare, batches: &[Batch]) -> BTreeMap<String, f64> {
         let device = self.device();
-        let ids = int_tensor::<B, _>(&batch.input_ids, &device);
-        let mask = int_tensor::<B, _>(&batch.attention_mask, &device);
-        let _ = self.hidden_states(ids, Some(mask), None);
+        let mut inner = self.valid();
+        let slot = Arc::new(Mutex::new(CalibrationMask::default()));
+        measure(&mut inner, targets, mode, batches.len(), slot.clone(), |m, i| {
+            let batch = &batches[i];
+            slot.lock().expect("lock").mask = mask_flags(batch);
+            let ids = int_tensor::<B::InnerBackend, _>(&batch.input_ids, &device);
+            let mask = int_tensor::<B::InnerBackend, _>(&batch.attention_mask, &device);
+            let _ = m.hidden_states(ids, Some(mask), None);
+        })
     }
     fn eos_id(&self) -> u32 {
         self.config().eos_token_ids.first().copied().unwrap_or(0)
@@ -156,13 +175,19 @@ impl<B: AutodiffBackend> LanguageModel<B> for T5<B> {
     fn device(&self) -> B::Device {
         self.shared.weight.device()
     }
-    fn calibration_forward(&self, batch: &Batch) {
+    fn calibration_importance(&self, targets: &TargetSet, mode: NonSquare, batches: &[Batch]) -> BTreeMap<String, f64> {
         let device = self.device();
-        let c = self.config();
-        let ids = int_tensor::<B, _>(&batch.input_ids, &device);
-        let mask = int_tensor::<B, _>(&batch.attention_mask, &device);
-        let start = vec![vec![c.decoder_start_token_id as i64]; batch.input_ids.len()];
-        let _ = self.forward(ids, Some(mask), int_tensor::<B, _>(&start, &device));
+        let start_id = self.config().decoder_start_token_id as i64;
+        let mut inner = self.valid();
+        let slot = Arc::new(Mutex::new(CalibrationMask::default()));
+        measure(&mut inner, targets, mode, batches.len(), slot.clone(), |m, i| {
+            let batch = &batches[i];
+            slot.lock().expect("lock").mask = mask_flags(batch);
+            let ids = int_tensor::<B::InnerBackend, _>(&batch.input_ids, &device);
+            let mask = int_tensor::<B::InnerBackend, _>(&batch.attention_mask, &device);
+            let start = vec![vec![start_id]; batch.input_ids.len()];
+            let _ = m.forward(ids, Some(mask), int_tensor::<B::InnerBackend, _>(&start, &device));
+        })
     }
     fn eos_id(&self) -> u32 {
         self.config().eos_token_id

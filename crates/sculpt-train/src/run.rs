@@ -28,7 +28,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sculpt_data::{Batcher, Example};
 use sculpt_models::layers::{NamedParams, ParamRef};
 use sculpt_models::{HostTensor, Model, ModelFiles, Pretrained, StoreDtype, TensorMap};
-use sculpt_osft::importance::{measure, CalibrationMask};
 use sculpt_osft::rank::normalize_importance;
 use sculpt_osft::targets::{default_targets, TargetSet};
 use sculpt_osft::{merge, CalibrationSource, Osft, ResolvedTarget};
@@ -901,12 +900,8 @@ fn measure_importance<B: AutodiffBackend, M: LanguageModel<B>>(
     let targets = TargetSet::new(&patterns)?;
     let mut batcher = Batcher::new(source, cfg.train.batch_size, model.pad_id(), None);
     let batches: Vec<sculpt_data::Batch> = (0..batcher.batches_per_epoch()).map(|_| batcher.next_batch()).collect();
-    let slot = std::sync::Arc::new(std::sync::Mutex::new(CalibrationMask::default()));
     let t0 = std::time::Instant::now();
-    let raw = measure(model, &targets, cal.non_square, batches.len(), slot.clone(), |m, i| {
-        slot.lock().expect("lock").mask = batches[i].attention_mask.iter().flatten().map(|&x| x as f32).collect();
-        m.calibration_forward(&batches[i]);
-    });
+    let raw = model.calibration_importance(&targets, cal.non_square, &batches);
     let names: Vec<String> = raw.keys().cloned().collect();
     let values: Vec<f64> = raw.values().copied().collect();
     let norm = normalize_importance(&values);
