@@ -374,25 +374,45 @@ impl<B: AutodiffBackend> Osft<B> {
     /// Project the low-factor gradients: `dU ← dU − U_h(U_hᵀ dU)`, `dVt ← dVt − (dVt Vt_hᵀ) Vt_h`
     /// (or the same projections through the complement bases).
     pub fn project_grads(&self, grads: &mut GradientsParams) {
-        for t in &self.targets {
-            if let Some(g) = grads.remove::<B::InnerBackend, 2>(t.u_id) {
-                grads.register(t.u_id, self.pu(g, &t.u_basis));
+        let work: Vec<_> = self.targets.iter().map(|t| (t, grads.remove::<B::InnerBackend, 2>(t.u_id), grads.remove::<B::InnerBackend, 2>(t.vt_id))).collect();
+        let done = self.each(work, |(t, gu, gv)| (t, gu.map(|g| self.pu(g, &t.u_basis)), gv.map(|g| self.pv(g, &t.vt_basis))));
+        for (t, gu, gv) in done {
+            if let Some(g) = gu {
+                grads.register(t.u_id, g);
             }
-            if let Some(g) = grads.remove::<B::InnerBackend, 2>(t.vt_id) {
-                grads.register(t.vt_id, self.pv(g, &t.vt_basis));
+            if let Some(g) = gv {
+                grads.register(t.vt_id, g);
             }
         }
     }
 
     /// Project the low factors themselves (after the optimizer step).
     pub fn project_params<M: NamedParams<B>>(&self, model: &mut M) {
+        let mut work = vec![];
         model.visit_linears_mut(&mut |name, lin| {
-            let (Some(&i), Some(d)) = (self.by_name.get(name), lin.delta.take()) else { return };
-            let t = &self.targets[i];
-            let u = d.u.map(|x| Tensor::from_inner(self.pu(x.inner(), &t.u_basis)).require_grad());
-            let vt = d.vt.map(|x| Tensor::from_inner(self.pv(x.inner(), &t.vt_basis)).require_grad());
+            if let (Some(&i), Some(d)) = (self.by_name.get(name), lin.delta.as_ref()) {
+                work.push((i, d.u.val().inner(), d.vt.val().inner()));
+            }
+        });
+        let done: BTreeMap<usize, _> = self.each(work, |(i, u, vt)| (i, (self.pu(u, &self.targets[i].u_basis), self.pv(vt, &self.targets[i].vt_basis)))).into_iter().collect();
+        model.visit_linears_mut(&mut |name, lin| {
+            let (Some(i), Some(d)) = (self.by_name.get(name), lin.delta.take()) else { return };
+            let (u, vt) = done[i].clone();
+            let u = d.u.map(|_| Tensor::from_inner(u).require_grad());
+            let vt = d.vt.map(|_| Tensor::from_inner(vt).require_grad());
             lin.delta = Some(LowRank { u, s: d.s, vt });
         });
+    }
+
+    /// `f` over the targets' work items: in parallel on the host backends, where the projections'
+    /// small products use the cores better side by side than one after another; in order on
+    /// the kernel backends (one device queue).
+    fn each<T: Send, R: Send>(&self, work: Vec<T>, f: impl Fn(T) -> R + Send + Sync) -> Vec<R> {
+        if self.uses_kernels() {
+            work.into_iter().map(f).collect()
+        } else {
+            work.into_par_iter().map(f).collect()
+        }
     }
 
     /// How far the low factors have left the space they may move in, over all targets, as the
