@@ -62,6 +62,16 @@ fn embedding_segment_trains<B: AutodiffBackend>(m: &T5<B>, stack: &sculpt_models
     table || m.shared.weight.val().is_require_grad()
 }
 
+/// The head segment's backward: the loss value, the gradients of `loss / parts`, and the
+/// gradient on the segment's input `h`.
+fn head_backward<B: AutodiffBackend>(loss: Tensor<B, 1>, parts: usize, h: &Tensor<B, 3>) -> (f64, B::Gradients, Tensor<B::InnerBackend, 3>) {
+    let value = loss.clone().into_scalar().elem::<f64>();
+    let loss = if parts > 1 { loss / parts as f64 } else { loss };
+    let grads = loss.backward();
+    let g = grad_of(h, &grads);
+    (value, grads, g)
+}
+
 /// `(a + b)`, either side possibly absent.
 fn sum_opt<B: burn::tensor::backend::Backend, const D: usize>(a: Option<Tensor<B, D>>, b: Tensor<B, D>) -> Option<Tensor<B, D>> {
     Some(match a {
@@ -88,13 +98,7 @@ pub fn llama<B: AutodiffBackend>(m: &Llama<B>, batch: &Batch, parts: usize, trai
     let mut out = Collect { acc: GradientsParams::new(), trainable };
     // The head segment: final norm, output head, loss.
     let h = leaf::<B, 3>(x);
-    let mut loss = llama_head_loss(m, m.final_norm(h.clone()), &batch.labels);
-    let value = loss.clone().into_scalar().elem::<f64>();
-    if parts > 1 {
-        loss = loss / parts as f64;
-    }
-    let mut grads = loss.backward();
-    let mut g = grad_of(&h, &grads);
+    let (value, mut grads, mut g) = head_backward(llama_head_loss(m, m.final_norm(h.clone()), &batch.labels), parts, &h);
     out.take::<B, _>(&mut grads, &m.model.norm);
     match &m.lm_head {
         Some(head) => out.take::<B, _>(&mut grads, head),
@@ -151,13 +155,8 @@ pub fn t5<B: AutodiffBackend>(m: &T5<B>, batch: &Batch, parts: usize, trainable:
     let mut out = Collect { acc: GradientsParams::new(), trainable };
     // Head segment.
     let h = leaf::<B, 3>(y);
-    let mut loss = seq2seq_loss(m.head(m.decoder.final_layer_norm.forward(h.clone())), int_tensor::<B, _>(&batch.labels, &device));
-    let value = loss.clone().into_scalar().elem::<f64>();
-    if parts > 1 {
-        loss = loss / parts as f64;
-    }
-    let mut grads = loss.backward();
-    let mut g = grad_of(&h, &grads);
+    let loss = seq2seq_loss(m.head(m.decoder.final_layer_norm.forward(h.clone())), int_tensor::<B, _>(&batch.labels, &device));
+    let (value, mut grads, mut g) = head_backward(loss, parts, &h);
     out.take::<B, _>(&mut grads, &m.decoder.final_layer_norm);
     match &m.lm_head {
         Some(head) => out.take::<B, _>(&mut grads, head),

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use burn::module::{AutodiffModule, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use sculpt_data::Batch;
 use sculpt_models::generate::{greedy_llama_batch, greedy_t5_batch};
@@ -46,9 +46,22 @@ pub trait LanguageModel<B: AutodiffBackend>: AutodiffModule<B> + NamedParams<B> 
     fn loss_grads_checkpointed(&self, batch: &Batch, parts: usize, trainable: &[(ParamId, usize)]) -> (f64, GradientsParams);
 }
 
-/// The token mask of `batch`, row-major, as the importance probes read it.
-fn mask_flags(batch: &Batch) -> Vec<f32> {
-    batch.attention_mask.iter().flatten().map(|&x| x as f32).collect()
+/// [`measure`] on `model` (an inner-backend copy) over `batches`: `forward(model, ids, mask,
+/// batch)` runs one calibration pass after the batch's token mask is handed to the probes.
+fn calibrate<B: Backend, M: NamedParams<B>>(
+    model: &mut M,
+    targets: &TargetSet,
+    mode: NonSquare,
+    batches: &[Batch],
+    device: &B::Device,
+    forward: impl Fn(&M, Tensor<B, 2, Int>, Tensor<B, 2, Int>, &Batch),
+) -> BTreeMap<String, f64> {
+    let slot = Arc::new(Mutex::new(CalibrationMask::default()));
+    measure(model, targets, mode, batches.len(), slot.clone(), |m, i| {
+        let batch = &batches[i];
+        slot.lock().expect("lock").mask = batch.attention_mask.iter().flatten().map(|&x| x as f32).collect();
+        forward(m, int_tensor::<B, _>(&batch.input_ids, device), int_tensor::<B, _>(&batch.attention_mask, device), batch);
+    })
 }
 
 /// The LLaMA loss from final-norm hidden states `h: [b, s, d]`.
@@ -97,14 +110,7 @@ impl<B: AutodiffBackend> LanguageModel<B> for Llama<B> {
         self.model.embed_tokens.weight.device()
     }
     fn calibration_importance(&self, targets: &TargetSet, mode: NonSquare, batches: &[Batch]) -> BTreeMap<String, f64> {
-        let device = self.device();
-        let mut inner = self.valid();
-        let slot = Arc::new(Mutex::new(CalibrationMask::default()));
-        measure(&mut inner, targets, mode, batches.len(), slot.clone(), |m, i| {
-            let batch = &batches[i];
-            slot.lock().expect("lock").mask = mask_flags(batch);
-            let ids = int_tensor::<B::InnerBackend, _>(&batch.input_ids, &device);
-            let mask = int_tensor::<B::InnerBackend, _>(&batch.attention_mask, &device);
+        calibrate(&mut self.valid(), targets, mode, batches, &self.device(), |m, ids, mask, _| {
             let _ = m.hidden_states(ids, Some(mask), None);
         })
     }
@@ -178,13 +184,7 @@ impl<B: AutodiffBackend> LanguageModel<B> for T5<B> {
     fn calibration_importance(&self, targets: &TargetSet, mode: NonSquare, batches: &[Batch]) -> BTreeMap<String, f64> {
         let device = self.device();
         let start_id = self.config().decoder_start_token_id as i64;
-        let mut inner = self.valid();
-        let slot = Arc::new(Mutex::new(CalibrationMask::default()));
-        measure(&mut inner, targets, mode, batches.len(), slot.clone(), |m, i| {
-            let batch = &batches[i];
-            slot.lock().expect("lock").mask = mask_flags(batch);
-            let ids = int_tensor::<B::InnerBackend, _>(&batch.input_ids, &device);
-            let mask = int_tensor::<B::InnerBackend, _>(&batch.attention_mask, &device);
+        calibrate(&mut self.valid(), targets, mode, batches, &device, |m, ids, mask, batch| {
             let start = vec![vec![start_id]; batch.input_ids.len()];
             let _ = m.forward(ids, Some(mask), int_tensor::<B::InnerBackend, _>(&start, &device));
         })
