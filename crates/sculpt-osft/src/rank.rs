@@ -151,9 +151,44 @@ pub fn normalize_importance(raw: &[f64]) -> Vec<f64> {
     raw.iter().map(|i| i / mean).collect()
 }
 
+/// Whether mean-normalisation breaks the adaptive rule on these raw importances, with a message
+/// saying so. With a mean that is not positive, or small next to the values' spread, the
+/// normalised scores reach far beyond the rule's range. `|Ĩ| > 5` puts `ρ` outside [−3, 3.6]
+/// at the default mrr/trr, so nearly every `k` lands on a clamp (1 or R − 1). The layers then
+/// train almost fully or not at all. Cosines that average near zero do this: LLaMA's q/k/v
+/// projections map the hidden state into other spaces.
+pub fn degenerate_importance(raw: &[f64]) -> Option<String> {
+    if raw.is_empty() {
+        return None;
+    }
+    let n = raw.len() as f64;
+    let mean = raw.iter().sum::<f64>() / n;
+    let norm = normalize_importance(raw);
+    let worst = norm.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+    if mean > 0.0 && worst <= 5.0 {
+        return None;
+    }
+    let (lo, hi) = norm.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    Some(format!(
+        "the adaptive rank rule degenerates: mean importance {mean:.4} over {} targets, normalised scores from {lo:.1} to {hi:.1}, so the retained ranks land on the clamps [1, R−1]; consider `non_square = \"singular\"` (cosines of Σ in singular coordinates, always ≥ 0) or a uniform rule",
+        raw.len()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn degenerate_importance_is_reported() {
+        // Positive cosines with a moderate spread: fine.
+        assert_eq!(degenerate_importance(&[0.3, 0.5, 0.9, 0.6]), None);
+        // Cosines around zero: the mean is tiny next to the spread.
+        let msg = degenerate_importance(&[0.05, -0.04, 0.02, -0.02, 0.001]).expect("degenerate");
+        assert!(msg.contains("degenerates") && msg.contains("5 targets"), "{msg}");
+        // A negative mean flips every sign.
+        assert!(degenerate_importance(&[-0.2, -0.1, 0.05]).is_some());
+    }
 
     fn check(rule: RankRule, n: usize, m: usize, imp: Option<f64>, want: usize) {
         rule.validate("t").unwrap();

@@ -905,7 +905,11 @@ fn measure_importance<B: AutodiffBackend, M: LanguageModel<B>>(
     let names: Vec<String> = raw.keys().cloned().collect();
     let values: Vec<f64> = raw.values().copied().collect();
     let norm = normalize_importance(&values);
-    let note = format!("{n} examples of task `{source_name}`, padding masked, non-square layers: {:?}", cal.non_square);
+    let mut note = format!("{n} examples of task `{source_name}`, padding masked, non-square layers: {:?}", cal.non_square);
+    if let Some(warning) = sculpt_osft::rank::degenerate_importance(&values) {
+        tracing::warn!("{warning}");
+        note = format!("{note}; {warning}");
+    }
     tracing::info!(secs = t0.elapsed().as_secs_f32(), %note, "measured layer importance");
     Ok((names.into_iter().zip(norm).collect(), note))
 }
