@@ -73,6 +73,13 @@ fn scale<B: AutodiffBackend>(grads: &mut GradientsParams, id: ParamId, rank: usi
     }
 }
 
+/// One micro-batch's forward: a graph still to back-propagate, or gradients already computed
+/// (per-block checkpointing).
+enum Pass<B: AutodiffBackend> {
+    Graph(burn::tensor::Tensor<B, 1>),
+    Done(GradientsParams),
+}
+
 /// A method's extra loss term on the current parameters (EWC, O-LoRA); `None` adds nothing.
 pub type Penalty<'a, B, M> = &'a dyn Fn(&mut M) -> Option<burn::tensor::Tensor<B, 1>>;
 
@@ -133,38 +140,14 @@ pub fn train_step_accumulated<B: AutodiffBackend, M: LanguageModel<B>>(
     let mut penalty_value = 0.0;
     let mut acc: Option<GradientsParams> = None;
     for (i, batch) in batches.iter().enumerate() {
-        if cx.checkpoint_blocks {
-            // forward → loss → backward, one block at a time
+        // forward → loss (→ backward already, block by block, when checkpointing by blocks)
+        let (value, pass) = if cx.checkpoint_blocks {
             let (value, g) = model.loss_grads_checkpointed(batch, parts, cx.trainable);
-            if !value.is_finite() {
-                if cx.skip_non_finite {
-                    return skipped(model, value);
-                }
-                return Err(TrainError::NonFinite { task: cx.task.into(), step, what: format!("loss ({value})") });
-            }
-            loss_sum += value;
-            let mut g = g;
-            if i == 0 {
-                if let Some(term) = penalty.and_then(|f| f(&mut model)) {
-                    penalty_value = term.clone().into_scalar().elem::<f64>();
-                    if !penalty_value.is_finite() {
-                        return Err(TrainError::NonFinite { task: cx.task.into(), step, what: format!("penalty ({penalty_value})") });
-                    }
-                    add_grads::<B>(&mut g, GradientsParams::from_grads(term.backward(), &model), cx.trainable);
-                }
-            }
-            acc = Some(match acc {
-                None => g,
-                Some(mut a) => {
-                    add_grads::<B>(&mut a, g, cx.trainable);
-                    a
-                }
-            });
-            continue;
-        }
-        // forward → loss
-        let mut loss = model.loss(batch);
-        let value = loss.clone().into_scalar().elem::<f64>();
+            (value, Pass::Done(g))
+        } else {
+            let loss = model.loss(batch);
+            (loss.clone().into_scalar().elem::<f64>(), Pass::Graph(if parts > 1 { loss / parts as f64 } else { loss }))
+        };
         if !value.is_finite() {
             if cx.skip_non_finite {
                 return skipped(model, value);
@@ -172,20 +155,32 @@ pub fn train_step_accumulated<B: AutodiffBackend, M: LanguageModel<B>>(
             return Err(TrainError::NonFinite { task: cx.task.into(), step, what: format!("loss ({value})") });
         }
         loss_sum += value;
-        if parts > 1 {
-            loss = loss / parts as f64;
-        }
+        let mut term = None;
         if i == 0 {
-            if let Some(term) = penalty.and_then(|f| f(&mut model)) {
-                penalty_value = term.clone().into_scalar().elem::<f64>();
+            if let Some(t) = penalty.and_then(|f| f(&mut model)) {
+                penalty_value = t.clone().into_scalar().elem::<f64>();
                 if !penalty_value.is_finite() {
                     return Err(TrainError::NonFinite { task: cx.task.into(), step, what: format!("penalty ({penalty_value})") });
                 }
-                loss = loss + term;
+                term = Some(t);
             }
         }
         // backward
-        let g = GradientsParams::from_grads(loss.backward(), &model);
+        let g = match pass {
+            Pass::Graph(loss) => {
+                let loss = match term {
+                    Some(t) => loss + t,
+                    None => loss,
+                };
+                GradientsParams::from_grads(loss.backward(), &model)
+            }
+            Pass::Done(mut g) => {
+                if let Some(t) = term {
+                    add_grads::<B>(&mut g, GradientsParams::from_grads(t.backward(), &model), cx.trainable);
+                }
+                g
+            }
+        };
         acc = Some(match acc {
             None => g,
             Some(mut a) => {
