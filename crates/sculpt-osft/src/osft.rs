@@ -102,6 +102,15 @@ pub enum ProjectionBases {
     High,
 }
 
+impl ProjectionBases {
+    /// Whether the side of dimension `dim` (`n` or `m`) of an `n × m` target that retains `k`
+    /// of its `R = min(n, m)` directions projects through the complement basis.
+    pub fn complement(self, dim: usize, n: usize, m: usize, k: usize) -> bool {
+        let r = n.min(m);
+        self == ProjectionBases::Auto && dim == r && r - k < k
+    }
+}
+
 /// The implementation of the training step's projections (`[osft] projection`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -298,13 +307,12 @@ impl<B: AutodiffBackend> Osft<B> {
             let (u_id, s_id, vt_id) = (delta.u.id, delta.s.id, delta.vt.id);
             lin.delta = Some(delta);
             // The complement basis where it spans the same projection and is smaller.
-            let complement = cfg.bases == ProjectionBases::Auto && rl < k;
-            let u_basis = if complement && n == r {
+            let u_basis = if cfg.bases.complement(n, n, m, k) {
                 Basis::Low(upload::<B::InnerBackend, 2>(slice_cols(&svd.u, n, r, k, r), [n, rl], &device))
             } else {
                 Basis::High(upload::<B::InnerBackend, 2>(slice_cols(&svd.u, n, r, 0, k), [n, k], &device))
             };
-            let vt_basis = if complement && m == r {
+            let vt_basis = if cfg.bases.complement(m, n, m, k) {
                 Basis::Low(upload::<B::InnerBackend, 2>(svd.vt[k * m..].to_vec(), [rl, m], &device))
             } else {
                 Basis::High(upload::<B::InnerBackend, 2>(svd.vt[..k * m].to_vec(), [k, m], &device))
@@ -352,22 +360,22 @@ impl<B: AutodiffBackend> Osft<B> {
 
     /// U side: `x − U_h(U_hᵀ x)`, or `U_⊥(U_⊥ᵀ x)`.
     fn pu(&self, x: Tensor<B::InnerBackend, 2>, basis: &Basis<B::InnerBackend>) -> Tensor<B::InnerBackend, 2> {
-        match (basis, self.kernels) {
+        match (basis, self.uses_kernels()) {
             (Basis::High(b), true) => sculpt_kernels::project_u_auto(x, b.clone()),
             (Basis::High(b), false) => project_u(x, b.clone()),
             // The kernel removes a span; keeping one is `x` minus what it removes.
-            (Basis::Low(b), true) if sculpt_kernels::has_kernels::<B::InnerBackend>() => x.clone() - sculpt_kernels::project_u_auto(x, b.clone()),
-            (Basis::Low(b), _) => b.clone().matmul(b.clone().transpose().matmul(x)),
+            (Basis::Low(b), true) => x.clone() - sculpt_kernels::project_u_auto(x, b.clone()),
+            (Basis::Low(b), false) => b.clone().matmul(b.clone().transpose().matmul(x)),
         }
     }
 
     /// V side (rows): `x − (x Vt_hᵀ) Vt_h`, or `(x Vt_⊥ᵀ) Vt_⊥`.
     fn pv(&self, x: Tensor<B::InnerBackend, 2>, basis: &Basis<B::InnerBackend>) -> Tensor<B::InnerBackend, 2> {
-        match (basis, self.kernels) {
+        match (basis, self.uses_kernels()) {
             (Basis::High(b), true) => sculpt_kernels::project_vt_auto(x, b.clone()),
             (Basis::High(b), false) => project_vt(x, b.clone()),
-            (Basis::Low(b), true) if sculpt_kernels::has_kernels::<B::InnerBackend>() => x.clone() - sculpt_kernels::project_vt_auto(x, b.clone()),
-            (Basis::Low(b), _) => x.matmul(b.clone().transpose()).matmul(b.clone()),
+            (Basis::Low(b), true) => x.clone() - sculpt_kernels::project_vt_auto(x, b.clone()),
+            (Basis::Low(b), false) => x.matmul(b.clone().transpose()).matmul(b.clone()),
         }
     }
 

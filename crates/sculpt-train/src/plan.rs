@@ -227,8 +227,7 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
                 dense += n * m;
                 // Each side stores the frozen basis, or the smaller complement one where it spans
                 // the same projection (`[osft] bases = "auto"`).
-                let complement = cfg.osft.bases == sculpt_osft::ProjectionBases::Auto && r < k;
-                let side = |dim: u64| if complement && dim == n.min(m) { r } else { k };
+                let side = |dim: u64| if cfg.osft.bases.complement(dim as usize, n as usize, m as usize, k as usize) { r } else { k };
                 high += n * side(n) + m * side(m);
                 low += r * (n + m + 1);
             }
@@ -263,14 +262,18 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
     let batch = cfg.train.batch_size;
     let seq = seq.unwrap_or(cfg.data.max_prompt_tokens + cfg.data.max_answer_tokens);
     let bf16 = cfg.train.precision == crate::config::Precision::Bf16;
-    if bf16 {
-        // The bf16 copies of the weights the products read, kept for the backward pass.
-        let linear: u64 = shapes
+    // The bf16 copies of the weights the products read, kept for the backward pass.
+    let bf16_copies: u64 = if bf16 {
+        2 * shapes
             .iter()
             .filter(|(n, sh)| sh.len() == 2 && !n.contains("embed_tokens") && !n.starts_with("shared"))
             .map(|(_, sh)| sh.iter().product::<usize>() as u64)
-            .sum();
-        rows.push(PlanRow { what: BF16_COPIES.into(), bytes: 2 * linear });
+            .sum::<u64>()
+    } else {
+        0
+    };
+    if bf16 {
+        rows.push(PlanRow { what: BF16_COPIES.into(), bytes: bf16_copies });
     }
     let checkpointing = match cfg.train.activation_checkpointing {
         Checkpointing::Ops => Checkpointing::Ops,
@@ -278,7 +281,7 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
     };
     let bf16_copies_checkpointed = match (bf16, checkpointing) {
         (false, _) => 0,
-        (true, Checkpointing::Ops) => rows.iter().filter(|r| r.what == BF16_COPIES).map(|r| r.bytes).sum(),
+        (true, Checkpointing::Ops) => bf16_copies,
         // One segment's copies at a time: a block's, or the untied head's.
         (true, _) => {
             let head: u64 = shapes.iter().filter(|(n, sh)| sh.len() == 2 && n.starts_with("lm_head")).map(|(_, sh)| 2 * sh.iter().product::<usize>() as u64).sum();
