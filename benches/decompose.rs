@@ -63,11 +63,16 @@ fn main() {
             })
             .fold(0.0, f64::max)
     };
+    // `--methods gram,exact,randomized` (default all) picks the methods compared with the reference.
+    let only = arg("--methods").unwrap_or_else(|| "gram,exact,randomized".into());
     for (label, method) in [
         ("sculpt-gram-f64", SvdMethod::Gram),
         ("sculpt-exact-f32", SvdMethod::Exact),
         ("sculpt-randomized", SvdMethod::Randomized { power_iters: 1, block: 64 }),
     ] {
+        if !only.split(',').any(|m| label.contains(&format!("-{m}"))) {
+            continue;
+        }
         let t0 = Instant::now();
         let svds = decompose_all(&refs, method);
         let secs = t0.elapsed().as_secs_f64();

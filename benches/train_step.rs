@@ -1,7 +1,9 @@
 //! Training-step throughput on the CPU backend: a plain full fine-tuning step and an OSFT step
 //! (PEFT's default, preserve half of every target) on the same model, batch and sequence length,
 //! with the projections' share of the OSFT step; then OSFT preserving 0.8 of every target
-//! through the frozen and through the complement bases. One JSON line per method.
+//! through the frozen and through the complement bases; and one OSFT step accumulated over
+//! `--accumulate` micro-batches, for the projections' share at realistic tokens per step. One
+//! JSON line per method.
 //! `cargo xtask bench step` pairs it with `benches/torch_step.py` (plain PyTorch and PEFT OSF).
 //!
 //! `cargo bench -p sculpt --profile dev --bench train_step -- --model <gguf|folder> --batch 4 --seq 128 --steps 2`
@@ -32,6 +34,14 @@ fn batches(n: usize, b: usize, s: usize, vocab: u64) -> Vec<Batch> {
         .collect()
 }
 
+/// CPU seconds this process has used (user + system, from `/proc/self/stat`; `None` off Linux).
+fn cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn main() {
     let path = arg("--model", "");
     if path.is_empty() {
@@ -49,7 +59,11 @@ fn main() {
     // `osft`: PEFT's setting (k = R/2). `k0.8-*`: the adaptive rule's mean retained ratio
     // (trr 0.8) as a uniform rule, through the frozen bases and through the complement bases
     // (`[osft] bases = "auto"`, cheaper when r < k).
+    let only = arg("--methods", "full,osft,k0.8-frozen,k0.8-complement");
     for method in ["full", "osft", "k0.8-frozen", "k0.8-complement"] {
+        if !only.split(',').any(|m| m == method) {
+            continue;
+        }
         let mut model = load();
         let vocab = LanguageModel::<Ad>::vocab_size(&model) as u64;
         let data = batches(steps + 1, b, s, vocab);
@@ -78,22 +92,46 @@ fn main() {
             (None, ids, BTreeSet::new())
         };
         let mut opt = TaskOptimizer::new(&train, decayed);
-        let cx = StepContext { osft: osft.as_ref(), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "bench", names: None, skip_non_finite: false, checkpoint_blocks: false };
+        // `--shards N`: row shards run side by side (default: the step's own choice, one per core).
+        let shards: usize = arg("--shards", &sculpt_train::step::host_shards::<Ad>().to_string()).parse().unwrap();
+        let cx = StepContext { osft: osft.as_ref(), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "bench", names: None, skip_non_finite: false, checkpoint_blocks: false, shards };
         // One warm-up step, then timed steps.
         let (m, _) = train_step(model, &data[0], &mut opt, &cx, 0, None).expect("step");
         model = m;
-        let t0 = Instant::now();
-        let mut proj = 0.0;
+        let (t0, c0) = (Instant::now(), cpu_secs());
+        let (mut proj, mut optim) = (0.0, 0.0);
         for (i, batch) in data[1..].iter().enumerate() {
             let (m, st) = train_step(model, batch, &mut opt, &cx, i + 1, None).expect("step");
             model = m;
             proj += st.projection_secs;
+            optim += st.optimizer_secs;
         }
-        let secs = t0.elapsed().as_secs_f64() / steps as f64;
+        let wall = t0.elapsed().as_secs_f64();
+        let secs = wall / steps as f64;
+        // Average busy cores over the timed steps: how well the step keeps the CPU occupied.
+        let busy = c0.zip(cpu_secs()).map_or(f64::NAN, |(a, b)| (b - a) / wall);
         println!(
-            "{{\"impl\":\"sculpt-{method}\",\"s_per_step\":{secs:.3},\"tokens_per_s\":{:.1},\"projection_fraction\":{:.4},\"batch\":{b},\"seq\":{s},\"steps\":{steps}}}",
+            "{{\"impl\":\"sculpt-{method}\",\"s_per_step\":{secs:.3},\"tokens_per_s\":{:.1},\"projection_fraction\":{:.4},\"optimizer_fraction\":{:.4},\"busy_cores\":{busy:.2},\"shards\":{shards},\"batch\":{b},\"seq\":{s},\"steps\":{steps}}}",
             (b * s) as f64 / secs,
-            proj / steps as f64 / secs
+            proj / steps as f64 / secs,
+            optim / steps as f64 / secs
         );
+        // The projections run once per optimizer step, whatever its tokens: one step over
+        // `--accumulate` micro-batches (default 8, 4096 tokens at 4 × 128) shows their share at
+        // the token counts real runs use.
+        let accumulate: usize = arg("--accumulate", "8").parse().unwrap();
+        if method == "osft" && accumulate > 1 {
+            let micro = batches(accumulate, b, s, vocab);
+            let t0 = Instant::now();
+            let (m, st) = sculpt_train::step::train_step_accumulated(model, &micro, &mut opt, &cx, steps + 1, None).expect("step");
+            drop(m);
+            let secs = t0.elapsed().as_secs_f64();
+            println!(
+                "{{\"impl\":\"sculpt-osft-accumulated\",\"s_per_step\":{secs:.3},\"tokens_per_s\":{:.1},\"projection_fraction\":{:.4},\"tokens_per_step\":{},\"batch\":{b},\"seq\":{s},\"micro_batches\":{accumulate}}}",
+                (accumulate * b * s) as f64 / secs,
+                st.projection_secs / secs,
+                accumulate * b * s
+            );
+        }
     }
 }

@@ -192,11 +192,21 @@ fn bench_step(rest: &[String]) -> Result<(), String> {
     for l in &lines {
         println!("{l}");
     }
-    let get = |lines: &[String], name: &str| lines.iter().find(|l| l.contains(name)).and_then(|l| number(l, "s_per_step"));
+    // The line whose `"impl"` is exactly `name` (Rust prints `"impl":"x"`, Python's json `"impl": "x"`).
+    let line = |lines: &[String], name: &str| lines.iter().find(|l| l.replace("\": \"", "\":\"").contains(&format!("\"impl\":\"{name}\""))).cloned();
+    let get = |lines: &[String], name: &str| line(lines, name).and_then(|l| number(&l, "s_per_step"));
     if let (Some(full), Some(osft)) = (get(&lines, "sculpt-full"), get(&lines, "sculpt-osft")) {
         println!("train step, SmolLM2-135M, batch {batch} × seq {seq}: OSFT {osft:.2} s vs plain full FT {full:.2} s = {:.2}× (goal ≤ 1.15×)", osft / full);
-        let frac = |name: &str| lines.iter().find(|l| l.contains(name)).and_then(|l| number(l, "projection_fraction"));
-        if let (Some(hi), Some(lo), Some(fh), Some(fl)) = (get(&lines, "k0.8-frozen"), get(&lines, "k0.8-complement"), frac("k0.8-frozen"), frac("k0.8-complement")) {
+        let frac = |name: &str| line(&lines, name).and_then(|l| number(&l, "projection_fraction"));
+        if let (Some(p), Some(b)) = (frac("sculpt-osft"), line(&lines, "sculpt-osft").and_then(|l| number(&l, "busy_cores"))) {
+            println!("projections {:.1} % of the OSFT step at {} tokens (goal ≤ 3 %); {b:.2} cores busy on average", 100.0 * p, batch.parse::<usize>().unwrap_or(0) * seq.parse::<usize>().unwrap_or(0));
+        }
+        if let Some(l) = line(&lines, "sculpt-osft-accumulated") {
+            if let (Some(p), Some(t)) = (number(&l, "projection_fraction"), number(&l, "tokens_per_step")) {
+                println!("projections {:.1} % of an OSFT step accumulated over {t:.0} tokens (goal ≤ 3 %)", 100.0 * p);
+            }
+        }
+        if let (Some(hi), Some(lo), Some(fh), Some(fl)) = (get(&lines, "sculpt-k0.8-frozen"), get(&lines, "sculpt-k0.8-complement"), frac("sculpt-k0.8-frozen"), frac("sculpt-k0.8-complement")) {
             println!(
                 "OSFT preserving 0.8 R: frozen bases {hi:.2} s ({:.2}× plain, projections {:.1} %), complement bases {lo:.2} s ({:.2}× plain, projections {:.1} %)",
                 hi / full,

@@ -62,7 +62,7 @@ pub fn run<B: Backend>(name: &str, device: &B::Device, a: &BenchArgs) -> anyhow:
     let trainable = osft.low_param_ids();
     let decayed = trainable.iter().map(|(id, _)| *id).collect();
     let mut opt = TaskOptimizer::<_, Autodiff<B>>::new(&train, decayed);
-    let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: 1.0, task: "bench", names: None, skip_non_finite: false, checkpoint_blocks: false };
+    let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: 1.0, task: "bench", names: None, skip_non_finite: false, checkpoint_blocks: false, shards: sculpt_train::step::host_shards::<Autodiff<B>>() };
     let (mut model, _) = train_step(model, &batch, &mut opt, &cx, 0, None)?;
     sync::<B>(device);
     let t = Instant::now();

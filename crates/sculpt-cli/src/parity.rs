@@ -177,7 +177,7 @@ fn osft_step<A: burn::tensor::backend::AutodiffBackend>(dir: &Path, cfg: &OsftCo
     trainable.extend(osft.low_param_ids());
     let decayed = osft.low_param_ids().into_iter().map(|(id, _)| id).collect();
     let mut opt = TaskOptimizer::<_, A>::new(&train, decayed);
-    let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: 0.0, task: "parity", names: None, skip_non_finite: false, checkpoint_blocks: false };
+    let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: 0.0, task: "parity", names: None, skip_non_finite: false, checkpoint_blocks: false, shards: 1 };
     let (mut model, stats) = train_step(model, &batch, &mut opt, &cx, 0, None)?;
     let mut factors = vec![];
     model.visit_linears_mut(&mut |_, lin| {

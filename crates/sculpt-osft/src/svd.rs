@@ -10,7 +10,8 @@
 //! Matrices are row-major `[n, m]` f32; factors come back as `u: [n, r]`, `s: [r]` (descending),
 //! `vt: [r, m]` with `r = min(n, m)` (or the sketch width).
 
-use faer::{Mat, MatRef};
+use faer::linalg::matmul::triangular::{self, BlockStructure};
+use faer::{Accum, Mat, MatRef};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
@@ -111,24 +112,40 @@ pub fn gram_svd(a: &[f32], n: usize, m: usize) -> Result<Svd, String> {
     if n < m {
         return via_transpose(a, n, m, gram_svd);
     }
-    let amat = Mat::<f64>::from_fn(n, m, |i, j| a[i * m + j] as f64);
-    let g = amat.transpose() * &amat;
+    assert_eq!(a.len(), n * m);
+    // Row-major `A [n, m]` is column-major `Aᵀ [m, n]`: read it contiguously.
+    let at = Mat::<f64>::from_fn(m, n, |i, j| a[j * m + i] as f64);
+    // G = AᵀA = Aᵀ(Aᵀ)ᵀ, lower triangle only: the eigensolver reads no more, and it halves the product.
+    let mut g = Mat::<f64>::zeros(m, m);
+    triangular::matmul(
+        g.as_mut(),
+        BlockStructure::TriangularLower,
+        Accum::Replace,
+        &at,
+        BlockStructure::Rectangular,
+        at.transpose(),
+        BlockStructure::Rectangular,
+        1.0,
+        faer::get_global_parallelism(),
+    );
     let evd = g.self_adjoint_eigen(faer::Side::Lower).map_err(|e| format!("{e:?}"))?;
     // Eigenvalues ascending → reverse for descending σ.
     let (ev, lam) = (evd.U(), evd.S().column_vector());
-    let order: Vec<usize> = (0..m).rev().collect();
-    let sigma: Vec<f64> = order.iter().map(|&i| lam[i].max(0.0).sqrt()).collect();
-    let v = Mat::<f64>::from_fn(m, m, |i, j| ev[(i, order[j])]);
-    let mut u = &amat * &v; // [n, m], column j = σ_j u_j
+    let sigma: Vec<f64> = (0..m).rev().map(|i| lam[i].max(0.0).sqrt()).collect();
+    let v = Mat::<f64>::from_fn(m, m, |i, j| ev[(i, m - 1 - j)]);
+    // Uᵀ Σ = Vᵀ Aᵀ, `[m, n]` column-major: column i is row i of the row-major `U Σ`.
+    let mut ut = v.transpose() * &at;
     let tol = 1e-7 * sigma[0].max(f64::MIN_POSITIVE);
     let good = sigma.iter().take_while(|&&s| s > tol).count();
-    for (j, &s) in sigma.iter().enumerate().take(good) {
+    for j in 0..good {
+        let inv = 1.0 / sigma[j];
         for i in 0..n {
-            u[(i, j)] /= s;
+            ut[(j, i)] *= inv;
         }
     }
     if good < m {
         // Complete the basis for the (numerically) null directions.
+        let mut u = ut.transpose().to_owned();
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x6A4D);
         for j in good..m {
             for i in 0..n {
@@ -139,16 +156,16 @@ pub fn gram_svd(a: &[f32], n: usize, m: usize) -> Result<Svd, String> {
         // Keep the good columns exactly; take the completion from the QR (which spans the same first `good` columns).
         for j in good..m {
             for i in 0..n {
-                u[(i, j)] = q[(i, j)];
+                ut[(j, i)] = q[(i, j)];
             }
         }
     }
     let out = Svd {
         n,
         m,
-        u: (0..n).flat_map(|i| (0..m).map(move |j| (i, j))).map(|(i, j)| u[(i, j)] as f32).collect(),
+        u: (0..n).flat_map(|i| (0..m).map(move |j| (j, i))).map(|(j, i)| ut[(j, i)] as f32).collect(),
         s: sigma.iter().map(|&s| s as f32).collect(),
-        vt: (0..m).flat_map(|i| (0..m).map(move |j| (i, j))).map(|(i, j)| v[(j, i)] as f32).collect(),
+        vt: (0..m).flat_map(|i| (0..m).map(move |j| (j, i))).map(|(j, i)| v[(j, i)] as f32).collect(),
     };
     finish(out)
 }

@@ -62,11 +62,11 @@ fn embedding_segment_trains<B: AutodiffBackend>(m: &T5<B>, stack: &sculpt_models
     table || m.shared.weight.val().is_require_grad()
 }
 
-/// The head segment's backward: the loss value, the gradients of `loss / parts`, and the
+/// The head segment's backward: the loss value, the gradients of `loss × scale`, and the
 /// gradient on the segment's input `h`.
-fn head_backward<B: AutodiffBackend>(loss: Tensor<B, 1>, parts: usize, h: &Tensor<B, 3>) -> (f64, B::Gradients, Tensor<B::InnerBackend, 3>) {
+fn head_backward<B: AutodiffBackend>(loss: Tensor<B, 1>, scale: f64, h: &Tensor<B, 3>) -> (f64, B::Gradients, Tensor<B::InnerBackend, 3>) {
     let value = loss.clone().into_scalar().elem::<f64>();
-    let loss = if parts > 1 { loss / parts as f64 } else { loss };
+    let loss = if scale != 1.0 { loss * scale } else { loss };
     let grads = loss.backward();
     let g = grad_of(h, &grads);
     (value, grads, g)
@@ -80,8 +80,8 @@ fn sum_opt<B: burn::tensor::backend::Backend, const D: usize>(a: Option<Tensor<B
     })
 }
 
-/// LLaMA: loss value and the gradients of `loss / parts`, with per-block checkpointing.
-pub fn llama<B: AutodiffBackend>(m: &Llama<B>, batch: &Batch, parts: usize, trainable: &[(ParamId, usize)]) -> (f64, GradientsParams) {
+/// LLaMA: loss value and the gradients of `loss × scale`, with per-block checkpointing.
+pub fn llama<B: AutodiffBackend>(m: &Llama<B>, batch: &Batch, scale: f64, trainable: &[(ParamId, usize)]) -> (f64, GradientsParams) {
     let device = m.model.embed_tokens.weight.device();
     let n = m.model.layers.len();
     let [b, s] = [batch.input_ids.len(), batch.input_ids.first().map_or(0, Vec::len)];
@@ -98,7 +98,7 @@ pub fn llama<B: AutodiffBackend>(m: &Llama<B>, batch: &Batch, parts: usize, trai
     let mut out = Collect { acc: GradientsParams::new(), trainable };
     // The head segment: final norm, output head, loss.
     let h = leaf::<B, 3>(x);
-    let (value, mut grads, mut g) = head_backward(llama_head_loss(m, m.final_norm(h.clone()), &batch.labels), parts, &h);
+    let (value, mut grads, mut g) = head_backward(llama_head_loss(m, m.final_norm(h.clone()), &batch.labels), scale, &h);
     out.take::<B, _>(&mut grads, &m.model.norm);
     match &m.lm_head {
         Some(head) => out.take::<B, _>(&mut grads, head),
@@ -122,9 +122,9 @@ pub fn llama<B: AutodiffBackend>(m: &Llama<B>, batch: &Batch, parts: usize, trai
     (value, out.acc)
 }
 
-/// T5: loss value and the gradients of `loss / parts`, with per-block checkpointing of both
+/// T5: loss value and the gradients of `loss × scale`, with per-block checkpointing of both
 /// stacks.
-pub fn t5<B: AutodiffBackend>(m: &T5<B>, batch: &Batch, parts: usize, trainable: &[(ParamId, usize)]) -> (f64, GradientsParams) {
+pub fn t5<B: AutodiffBackend>(m: &T5<B>, batch: &Batch, scale: f64, trainable: &[(ParamId, usize)]) -> (f64, GradientsParams) {
     let device = m.shared.weight.device();
     let c = m.config();
     let dec_ids = shift_right(&batch.labels, c.decoder_start_token_id, c.pad_token_id);
@@ -156,7 +156,7 @@ pub fn t5<B: AutodiffBackend>(m: &T5<B>, batch: &Batch, parts: usize, trainable:
     // Head segment.
     let h = leaf::<B, 3>(y);
     let loss = seq2seq_loss(m.head(m.decoder.final_layer_norm.forward(h.clone())), int_tensor::<B, _>(&batch.labels, &device));
-    let (value, mut grads, mut g) = head_backward(loss, parts, &h);
+    let (value, mut grads, mut g) = head_backward(loss, scale, &h);
     out.take::<B, _>(&mut grads, &m.decoder.final_layer_norm);
     match &m.lm_head {
         Some(head) => out.take::<B, _>(&mut grads, head),

@@ -41,9 +41,9 @@ pub trait LanguageModel<B: AutodiffBackend>: AutodiffModule<B> + NamedParams<B> 
     fn eos_id(&self) -> u32;
     /// Greedy continuations of `prompts` (new ids only, EOS kept), without autodiff.
     fn greedy(&self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Vec<Vec<u32>>;
-    /// The loss value and the gradients of `loss / parts` for the `trainable` parameters, with
+    /// The loss value and the gradients of `loss × scale` for the `trainable` parameters, with
     /// per-block activation checkpointing ([`crate::checkpoint`]).
-    fn loss_grads_checkpointed(&self, batch: &Batch, parts: usize, trainable: &[(ParamId, usize)]) -> (f64, GradientsParams);
+    fn loss_grads_checkpointed(&self, batch: &Batch, scale: f64, trainable: &[(ParamId, usize)]) -> (f64, GradientsParams);
 }
 
 /// [`measure`] on `model` (an inner-backend copy) over `batches`: `forward(model, ids, mask,
@@ -90,8 +90,8 @@ impl<B: AutodiffBackend> LanguageModel<B> for Llama<B> {
         let h = self.hidden_states(ids, Some(mask), None);
         llama_head_loss(self, h, &batch.labels)
     }
-    fn loss_grads_checkpointed(&self, batch: &Batch, parts: usize, trainable: &[(ParamId, usize)]) -> (f64, GradientsParams) {
-        crate::checkpoint::llama(self, batch, parts, trainable)
+    fn loss_grads_checkpointed(&self, batch: &Batch, scale: f64, trainable: &[(ParamId, usize)]) -> (f64, GradientsParams) {
+        crate::checkpoint::llama(self, batch, scale, trainable)
     }
     fn family(&self) -> &'static str {
         "llama"
@@ -163,8 +163,8 @@ impl<B: AutodiffBackend> LanguageModel<B> for T5<B> {
         let logits = self.forward(ids, Some(mask), dec);
         seq2seq_loss(logits, int_tensor::<B, _>(&batch.labels, &device))
     }
-    fn loss_grads_checkpointed(&self, batch: &Batch, parts: usize, trainable: &[(ParamId, usize)]) -> (f64, GradientsParams) {
-        crate::checkpoint::t5(self, batch, parts, trainable)
+    fn loss_grads_checkpointed(&self, batch: &Batch, scale: f64, trainable: &[(ParamId, usize)]) -> (f64, GradientsParams) {
+        crate::checkpoint::t5(self, batch, scale, trainable)
     }
     fn family(&self) -> &'static str {
         "t5"

@@ -376,6 +376,20 @@ fn trainable_ids<B: AutodiffBackend, M: NamedParams<B>>(model: &M, osft: Option<
     ids
 }
 
+/// [`LanguageModel::greedy`] over `prompts` cut into `shards` groups decoded side by side, in
+/// order. On the host backends decoding is mostly small products and element-wise work on one
+/// core each, so two groups keep two cores busy.
+fn greedy_sharded<B: AutodiffBackend, M: LanguageModel<B>>(model: &M, prompts: &[Vec<u32>], max_new_tokens: usize, shards: usize) -> Vec<Vec<u32>> {
+    use rayon::prelude::*;
+    let (n, p) = (prompts.len(), shards.min(prompts.len()));
+    if p < 2 {
+        return model.greedy(prompts, max_new_tokens);
+    }
+    let work: Vec<(M, &[Vec<u32>])> = (0..p).map(|i| (model.clone(), &prompts[i * n / p..(i + 1) * n / p])).collect();
+    let outs: Vec<Vec<Vec<u32>>> = work.into_par_iter().map(|(m, group)| m.greedy(group, max_new_tokens)).collect();
+    outs.into_iter().flatten().collect()
+}
+
 /// Greedy-decode every evaluation example of `task`; `None` when it has none.
 fn evaluate<B: AutodiffBackend, M: LanguageModel<B>>(model: &M, task: &TaskData, cx: &Ctx<'_>, samples: Option<&mut Vec<Sample>>) -> Result<Option<f64>> {
     if task.eval.is_empty() {
@@ -384,9 +398,10 @@ fn evaluate<B: AutodiffBackend, M: LanguageModel<B>>(model: &M, task: &TaskData,
     let pb = bar(task.eval.len(), &format!("eval {}", task.name));
     let mut total = 0.0f64;
     let mut kept = vec![];
+    let shards = crate::step::host_shards::<B>();
     for chunk in task.eval.chunks(16) {
         let prompts: Vec<Vec<u32>> = chunk.iter().map(|e| e.prompt_ids.clone()).collect();
-        let outs = model.greedy(&prompts, cx.cfg.eval.max_new_tokens);
+        let outs = greedy_sharded(model, &prompts, cx.cfg.eval.max_new_tokens, shards);
         for (e, out) in chunk.iter().zip(outs) {
             let text = cx.files.tokenizer.decode(&out, true).map_err(|err| TrainError::Config { path: cx.files.source.clone(), msg: format!("tokenizer decode: {err}") })?;
             let score = task.metric.score(&text, &e.answer, &e.source);
@@ -780,6 +795,7 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
             names: Some(&param_names),
             skip_non_finite: cfg.train.on_non_finite == crate::config::NonFinitePolicy::Skip,
             checkpoint_blocks: cfg.train.activation_checkpointing == crate::config::Checkpointing::Blocks,
+            shards: crate::step::host_shards::<B>(),
         };
         tracing::info!(task = %phase_name, examples = n_examples, steps, "training");
         let pb = bar(steps, &format!("train {phase_name}"));

@@ -24,6 +24,8 @@ pub struct StepStats {
     pub grad_norm: f64,
     /// Seconds spent in the two projections (device synchronised around them).
     pub projection_secs: f64,
+    /// Seconds spent clipping the gradients and in the optimizer update (device synchronised).
+    pub optimizer_secs: f64,
     /// The step was skipped (non-finite loss or gradient with `skip_non_finite`): nothing changed.
     pub skipped: bool,
 }
@@ -47,6 +49,22 @@ pub struct StepContext<'a, B: AutodiffBackend> {
     /// Per-block activation checkpointing ([`crate::checkpoint`]); op-level checkpointing is
     /// the backend's (`Autodiff<_, BalancedCheckpointing>`) and needs nothing here.
     pub checkpoint_blocks: bool,
+    /// Row shards of each micro-batch whose forward and backward run side by side, each on its
+    /// own fork of the model ([`host_shards`] picks it; 1 = one pass per micro-batch). The
+    /// gradients are the batch's exactly: each shard's mean loss is weighted by its share of
+    /// the batch's counted labels.
+    pub shards: usize,
+}
+
+/// The row shards worth running side by side on backend `B`: one per worker thread on the host
+/// backends, whose element-wise operations run on one core each (a step alone keeps about 1.3
+/// of 2 cores busy); 1 on the kernel backends, where one device queue runs everything in order.
+pub fn host_shards<B: AutodiffBackend>() -> usize {
+    if sculpt_kernels::has_kernels::<B::InnerBackend>() {
+        1
+    } else {
+        rayon::current_num_threads().max(1)
+    }
 }
 
 fn squared_norm<B: AutodiffBackend>(grads: &GradientsParams, id: ParamId, rank: usize) -> f64 {
@@ -71,6 +89,71 @@ fn scale<B: AutodiffBackend>(grads: &mut GradientsParams, id: ParamId, rank: usi
             }
         }
     }
+}
+
+/// The labels of one row that count in the loss: every label but `-100`, and for decoder-only
+/// models not the first (position `t` predicts label `t + 1`).
+fn counted_labels(row: &[i64], decoder_only: bool) -> usize {
+    let skip = usize::from(decoder_only);
+    row.iter().skip(skip).filter(|&&l| l != sculpt_models::loss::IGNORE_INDEX).count()
+}
+
+/// Forward and backward of `batch` in row shards side by side (`cx.shards` of them), each on a
+/// fork of `model` (fresh autodiff leaves with the same parameter ids, so the graphs are
+/// independent). Returns the batch's mean loss and the gradients of `loss × scale`: shard `i`'s
+/// mean is weighted by `counted_i / counted`, which sums to the whole batch's token mean.
+/// `None` when the batch cannot be sharded (one row, or no counted label at all).
+fn sharded_grads<B: AutodiffBackend, M: LanguageModel<B>>(model: &M, batch: &Batch, scale: f64, cx: &StepContext<'_, B>) -> Option<(f64, GradientsParams)> {
+    use rayon::prelude::*;
+    let rows = batch.input_ids.len();
+    let p = cx.shards.min(rows);
+    let counts: Vec<usize> = batch.labels.iter().map(|r| counted_labels(r, model.decoder_only())).collect();
+    let total: usize = counts.iter().sum();
+    if p < 2 || total == 0 {
+        return None;
+    }
+    let device = model.device();
+    let work: Vec<(M, Batch, f64)> = (0..p)
+        .map(|i| (i * rows / p, (i + 1) * rows / p))
+        .map(|(lo, hi)| (lo, hi, counts[lo..hi].iter().sum::<usize>() as f64 / total as f64))
+        // A shard without counted labels adds nothing to the loss or the gradients.
+        .filter(|&(_, _, w)| w > 0.0)
+        .map(|(lo, hi, w)| {
+            let shard = Batch {
+                input_ids: batch.input_ids[lo..hi].to_vec(),
+                attention_mask: batch.attention_mask[lo..hi].to_vec(),
+                labels: batch.labels[lo..hi].to_vec(),
+            };
+            (model.clone().fork(&device), shard, w)
+        })
+        .collect();
+    let (blocks, trainable) = (cx.checkpoint_blocks, cx.trainable);
+    let parts: Vec<(f64, GradientsParams)> = work
+        .into_par_iter()
+        .map(|(m, shard, w)| {
+            if blocks {
+                let (value, g) = m.loss_grads_checkpointed(&shard, scale * w, trainable);
+                (value * w, g)
+            } else {
+                let loss = m.loss(&shard);
+                let value = loss.clone().into_scalar().elem::<f64>();
+                (value * w, GradientsParams::from_grads((loss * (scale * w)).backward(), &m))
+            }
+        })
+        .collect();
+    let mut value = 0.0;
+    let mut acc: Option<GradientsParams> = None;
+    for (v, g) in parts {
+        value += v;
+        acc = Some(match acc {
+            None => g,
+            Some(mut a) => {
+                add_grads::<B>(&mut a, g, trainable);
+                a
+            }
+        });
+    }
+    acc.map(|g| (value, g))
 }
 
 /// One micro-batch's forward: a graph still to back-propagate, or gradients already computed
@@ -135,14 +218,18 @@ pub fn train_step_accumulated<B: AutodiffBackend, M: LanguageModel<B>>(
 ) -> Result<(M, StepStats)> {
     assert!(!batches.is_empty(), "train_step: no batch");
     let parts = batches.len();
-    let skipped = |model: M, loss: f64| Ok((model, StepStats { loss, penalty: f64::NAN, grad_norm: f64::NAN, projection_secs: 0.0, skipped: true }));
+    let skipped = |model: M, loss: f64| Ok((model, StepStats { loss, penalty: f64::NAN, grad_norm: f64::NAN, projection_secs: 0.0, optimizer_secs: 0.0, skipped: true }));
     let mut loss_sum = 0.0;
     let mut penalty_value = 0.0;
     let mut acc: Option<GradientsParams> = None;
     for (i, batch) in batches.iter().enumerate() {
         // forward → loss (→ backward already, block by block, when checkpointing by blocks)
-        let (value, pass) = if cx.checkpoint_blocks {
-            let (value, g) = model.loss_grads_checkpointed(batch, parts, cx.trainable);
+        let scale = 1.0 / parts as f64;
+        let sharded = if cx.shards > 1 { sharded_grads(&model, batch, scale, cx) } else { None };
+        let (value, pass) = if let Some((value, g)) = sharded {
+            (value, Pass::Done(g))
+        } else if cx.checkpoint_blocks {
+            let (value, g) = model.loss_grads_checkpointed(batch, scale, cx.trainable);
             (value, Pass::Done(g))
         } else {
             let loss = model.loss(batch);
@@ -202,6 +289,7 @@ pub fn train_step_accumulated<B: AutodiffBackend, M: LanguageModel<B>>(
         projection_secs += t.elapsed().as_secs_f64();
     }
     // clip the global norm (PyTorch's clip_grad_norm_ rule)
+    let t_opt = std::time::Instant::now();
     let squares: Vec<f64> = cx.trainable.iter().map(|&(id, r)| squared_norm::<B>(&grads, id, r)).collect();
     let norm = squares.iter().sum::<f64>().sqrt();
     if !norm.is_finite() {
@@ -226,6 +314,8 @@ pub fn train_step_accumulated<B: AutodiffBackend, M: LanguageModel<B>>(
     }
     // optimizer step
     let mut model = opt.step(cx.lr, model, grads, cx.trainable);
+    let _ = B::sync(&device);
+    let optimizer_secs = t_opt.elapsed().as_secs_f64();
     // project the low factors: U_l ← U_l − U_h(U_hᵀ U_l), Vt_l ← Vt_l − (Vt_l Vt_hᵀ) Vt_h
     if let Some(osft) = cx.osft {
         let _ = B::sync(&device);
@@ -234,5 +324,5 @@ pub fn train_step_accumulated<B: AutodiffBackend, M: LanguageModel<B>>(
         let _ = B::sync(&device);
         projection_secs += t.elapsed().as_secs_f64();
     }
-    Ok((model, StepStats { loss: loss_value, penalty: penalty_value, grad_norm: norm, projection_secs, skipped: false }))
+    Ok((model, StepStats { loss: loss_value, penalty: penalty_value, grad_norm: norm, projection_secs, optimizer_secs, skipped: false }))
 }
