@@ -260,6 +260,42 @@ fn a_corrupt_checkpoint_is_detected_and_the_previous_one_used() {
     assert!(read_model(&resumed.model_dir) == weights);
 }
 
+/// A stop that arrives during a task's last step or its evaluation ends the run at that task's
+/// checkpoint, before the next task begins, and `--resume` carries on from there. With the stop
+/// flag always set, each call runs exactly one step; the calls that end a task report its last
+/// step. The result equals the uninterrupted run's.
+#[test]
+fn a_stop_at_a_task_boundary_ends_the_run_there() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = demo(dir.path(), 1);
+    cfg.tasks.truncate(2);
+    cfg.method = Method::Seqft;
+    cfg.data.max_train_examples = Some(2 * cfg.train.batch_size);
+    cfg.output = dir.path().join("ref");
+    let full = train_with::<Ad>(&cfg, &Default::default(), RunOptions::default()).unwrap();
+    let steps = full.results.tasks[0].steps;
+    assert_eq!(steps, 2, "the test expects two steps per task");
+    cfg.output = dir.path().join("stopped");
+    let stop = Arc::new(AtomicBool::new(true));
+    let mut seen = vec![];
+    let done = loop {
+        match train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: !seen.is_empty(), stop: Some(stop.clone()) }) {
+            Ok(r) => break r,
+            Err(sculpt_train::TrainError::Interrupted { task, step, .. }) => seen.push((task, step)),
+            Err(e) => panic!("{e}"),
+        }
+        assert!(seen.len() <= 4, "the run does not end: {seen:?}");
+    };
+    // Task 1: step 0 (mid-task stop), step 1 (its last: stopped at the task boundary); task 2:
+    // step 0, then the run finishes with its last step.
+    let expected: Vec<(String, usize)> = vec![("cipher-a".into(), 0), ("cipher-a".into(), 1), ("cipher-b".into(), 0)];
+    assert_eq!(seen, expected);
+    assert_eq!(done.results.matrix, full.results.matrix);
+    assert!(read_model(&done.model_dir) == read_model(&full.model_dir));
+}
+
 /// Mid-task resume, bit for bit: a run stopped after every single step of the first task (a
 /// stop request writes a mid-task checkpoint: module record, optimizer state, step count) and
 /// resumed each time, then stopped again inside task 2, ends with exactly the uninterrupted

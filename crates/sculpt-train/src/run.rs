@@ -875,6 +875,12 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
         let dir = write_checkpoint(cx, &model, &state, &ewc, &olora_prev)?;
         remove_mid_task_checkpoints(&cfg.output, None);
         tracing::info!(checkpoint = %dir.display(), "checkpoint written");
+        // A stop requested during the task's last step or its evaluation ends the run here,
+        // before the next task's calibration and decomposition.
+        if ti + 1 < phases && cx.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+            let resume = format!("checkpoint written to {}; `--resume` continues with the next task", dir.display());
+            return Err(TrainError::Interrupted { task: summaries.last().map(|t| t.name.clone()).unwrap_or_default(), step: steps.saturating_sub(1), resume });
+        }
     }
     // Final predictions for the record.
     let mut samples = vec![];
