@@ -402,6 +402,11 @@ pub struct TrainSection {
     /// a stop signal always writes one).
     #[serde(default)]
     pub checkpoint_every: usize,
+    /// Row shards of each micro-batch run side by side on the host backends (each on a fork of
+    /// the model; the gradients are the whole batch's). Unset = automatic: one per core for
+    /// models of at least 10 M parameters on the CPU backend, else 1 (GPU backends always 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_shards: Option<usize>,
 }
 
 /// What a non-finite loss or gradient does.
@@ -455,6 +460,7 @@ impl Default for TrainSection {
             precision: Precision::Fp32,
             on_non_finite: NonFinitePolicy::Stop,
             checkpoint_every: 0,
+            row_shards: None,
         }
     }
 }
@@ -573,6 +579,9 @@ impl RunConfig {
         if t.max_steps == Some(0) {
             return bad("`train.max_steps` must be at least 1".into());
         }
+        if t.row_shards == Some(0) {
+            return bad("`train.row_shards` must be at least 1 (or left out for the automatic choice)".into());
+        }
         if !(t.lr.is_finite() && t.lr > 0.0) {
             return bad(format!("`train.lr` must be a positive number, got {}", t.lr));
         }
@@ -661,6 +670,7 @@ mod tests {
     fn bad_configs_name_the_key() {
         let cases = [
             (format!("{MIN}[train]\nbatch_size = 0\n"), "train.batch_size"),
+            (format!("{MIN}[train]\nrow_shards = 0\n"), "train.row_shards"),
             (format!("{MIN}[train]\nlearning_rate = 1.0\n"), "learning_rate"),
             (format!("{MIN}[train]\nlr = -1.0\n"), "train.lr"),
             (format!("{MIN}[train]\nweight_decay = nan\n"), "train.weight_decay"),

@@ -376,6 +376,19 @@ fn trainable_ids<B: AutodiffBackend, M: NamedParams<B>>(model: &M, osft: Option<
     ids
 }
 
+/// The row shards of `model`'s steps and evaluation batches: `[train] row_shards`, or
+/// [`crate::step::row_shards`]'s automatic choice for its parameter count.
+fn row_shards<B: AutodiffBackend, M: LanguageModel<B>>(cfg: &RunConfig, model: &M) -> usize {
+    let mut params = 0usize;
+    model.visit_params(&mut |_, p| {
+        params += match p {
+            ParamRef::Vector(p) => p.val().dims()[0],
+            ParamRef::Matrix(p) => p.val().dims().iter().product(),
+        }
+    });
+    crate::step::row_shards::<B>(cfg.train.row_shards, params)
+}
+
 /// [`LanguageModel::greedy`] over `prompts` cut into `shards` groups decoded side by side, in
 /// order. On the host backends decoding is mostly small products and element-wise work on one
 /// core each, so two groups keep two cores busy.
@@ -398,7 +411,7 @@ fn evaluate<B: AutodiffBackend, M: LanguageModel<B>>(model: &M, task: &TaskData,
     let pb = bar(task.eval.len(), &format!("eval {}", task.name));
     let mut total = 0.0f64;
     let mut kept = vec![];
-    let shards = crate::step::host_shards::<B>();
+    let shards = row_shards::<B, M>(cx.cfg, model);
     for chunk in task.eval.chunks(16) {
         let prompts: Vec<Vec<u32>> = chunk.iter().map(|e| e.prompt_ids.clone()).collect();
         let outs = greedy_sharded(model, &prompts, cx.cfg.eval.max_new_tokens, shards);
@@ -795,7 +808,7 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
             names: Some(&param_names),
             skip_non_finite: cfg.train.on_non_finite == crate::config::NonFinitePolicy::Skip,
             checkpoint_blocks: cfg.train.activation_checkpointing == crate::config::Checkpointing::Blocks,
-            shards: crate::step::host_shards::<B>(),
+            shards: row_shards::<B, M>(cfg, &model),
         };
         tracing::info!(task = %phase_name, examples = n_examples, steps, "training");
         let pb = bar(steps, &format!("train {phase_name}"));

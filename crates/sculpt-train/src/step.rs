@@ -56,6 +56,21 @@ pub struct StepContext<'a, B: AutodiffBackend> {
     pub shards: usize,
 }
 
+/// Models below this many parameters keep one pass per micro-batch under the automatic
+/// choice: their operations are too small for two shards to gain (the 2-layer, width-64 demo
+/// model trained about 1.5× slower with two).
+pub const AUTO_SHARDS_MIN_PARAMS: usize = 10_000_000;
+
+/// `[train] row_shards`, or the automatic choice for a model of `params` parameters:
+/// [`host_shards`] from [`AUTO_SHARDS_MIN_PARAMS`] up, 1 below.
+pub fn row_shards<B: AutodiffBackend>(configured: Option<usize>, params: usize) -> usize {
+    match configured {
+        Some(n) => n.max(1),
+        None if params >= AUTO_SHARDS_MIN_PARAMS => host_shards::<B>(),
+        None => 1,
+    }
+}
+
 /// The row shards worth running side by side on backend `B`: one per worker thread on the host
 /// backends, whose element-wise operations run on one core each (a step alone keeps about 1.3
 /// of 2 cores busy); 1 on the kernel backends, where one device queue runs everything in order.
@@ -325,4 +340,25 @@ pub fn train_step_accumulated<B: AutodiffBackend, M: LanguageModel<B>>(
         projection_secs += t.elapsed().as_secs_f64();
     }
     Ok((model, StepStats { loss: loss_value, penalty: penalty_value, grad_norm: norm, projection_secs, optimizer_secs, skipped: false }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    type Ad = burn::backend::Autodiff<burn::backend::Flex>;
+
+    #[test]
+    fn row_shards_follow_the_config_then_the_model_size() {
+        assert_eq!(row_shards::<Ad>(Some(3), 0), 3, "an explicit count wins");
+        assert_eq!(row_shards::<Ad>(None, AUTO_SHARDS_MIN_PARAMS - 1), 1, "small models keep one pass");
+        assert_eq!(row_shards::<Ad>(None, AUTO_SHARDS_MIN_PARAMS), rayon::current_num_threads().max(1), "one per worker thread on the CPU backend");
+    }
+
+    #[test]
+    fn counted_labels_skip_the_first_position_of_decoder_only_rows() {
+        let row = [-100, 5, -100, 7, 8];
+        assert_eq!(counted_labels(&row, true), 3);
+        assert_eq!(counted_labels(&[5, -100, 7], true), 1);
+        assert_eq!(counted_labels(&[5, -100, 7], false), 2);
+    }
 }
