@@ -9,7 +9,8 @@ the next task may rewrite, next to the share a random update would have there, `
     python benches/cl_subspace.py --base <HF folder of the start model> \
         --run target/bench-cl/runs/osft --task 1
 
-Needs torch and safetensors. `--base` for SmolLM2: `sculpt convert --model <the GGUF> --out
+`--preserve F` splits at `k = floor(F R)` instead: what a larger frozen fraction would
+protect. Needs torch and safetensors. `--base` for SmolLM2: `sculpt convert --model <the GGUF> --out
 <folder> --dtype f32` (the dequantised weights the run started from).
 """
 import argparse
@@ -26,6 +27,8 @@ def main():
     ap.add_argument("--run", required=True, help="the method's run folder (osft)")
     ap.add_argument("--task", type=int, default=1, help="the task whose update is measured (1-based)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--preserve", type=float, default=None,
+                    help="split at k = floor(F * R) instead of the next task's resolved k (what a larger frozen fraction would keep)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     results = json.load(open(os.path.join(a.run, "results.json")))
@@ -44,6 +47,8 @@ def main():
     for t in ranks:
         name, k = t["name"], t["k"]
         w0, w1 = before[name + ".weight"].double(), after[name + ".weight"].double()
+        if a.preserve is not None:
+            k = min(max(int(a.preserve * min(w1.shape)), 1), min(w1.shape) - 1)
         dw = w1 - w0
         u, s, vh = torch.linalg.svd(w1, full_matrices=False)
         ul, vl = u[:, k:], vh[k:, :].T
@@ -62,6 +67,7 @@ def main():
     print(json.dumps({
         "task": tasks[a.task - 1]["name"],
         "next": tasks[a.task]["name"],
+        "split": "resolved k" if a.preserve is None else f"k = {a.preserve} R",
         "targets": len(ranks),
         "update_share_in_low_block": round(low / total, 4),
         "random_update_share": round(rand / total, 4),
