@@ -63,14 +63,7 @@ pub fn run<B: Backend>(name: &str, device: &B::Device, a: &BenchArgs) -> anyhow:
     let decayed = trainable.iter().map(|(id, _)| *id).collect();
     let mut opt = TaskOptimizer::<_, Autodiff<B>>::new(&train, decayed);
     // The trainer's automatic row shards for a model of this size.
-    let mut params = 0usize;
-    sculpt_models::layers::NamedParams::visit_params(&model, &mut |_, p| {
-        params += match p {
-            sculpt_models::layers::ParamRef::Vector(p) => p.val().dims()[0],
-            sculpt_models::layers::ParamRef::Matrix(p) => p.val().dims().iter().product(),
-        }
-    });
-    let shards = sculpt_train::step::row_shards::<Autodiff<B>>(None, params);
+    let shards = sculpt_train::step::row_shards::<Autodiff<B>>(None, burn::module::Module::num_params(&model));
     let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: train.lr, max_grad_norm: 1.0, task: "bench", names: None, skip_non_finite: false, checkpoint_blocks: false, shards };
     let (mut model, _) = train_step(model, &batch, &mut opt, &cx, 0, None)?;
     sync::<B>(device);

@@ -377,16 +377,10 @@ fn trainable_ids<B: AutodiffBackend, M: NamedParams<B>>(model: &M, osft: Option<
 }
 
 /// The row shards of `model`'s steps and evaluation batches: `[train] row_shards`, or
-/// [`crate::step::row_shards`]'s automatic choice for its parameter count.
+/// [`crate::step::row_shards`]'s automatic choice for its parameter count (burn's
+/// `Module::num_params`: attached OSFT factors or adapters included).
 fn row_shards<B: AutodiffBackend, M: LanguageModel<B>>(cfg: &RunConfig, model: &M) -> usize {
-    let mut params = 0usize;
-    model.visit_params(&mut |_, p| {
-        params += match p {
-            ParamRef::Vector(p) => p.val().dims()[0],
-            ParamRef::Matrix(p) => p.val().dims().iter().product(),
-        }
-    });
-    crate::step::row_shards::<B>(cfg.train.row_shards, params)
+    crate::step::row_shards::<B>(cfg.train.row_shards, burn::module::Module::num_params(model))
 }
 
 /// [`LanguageModel::greedy`] over `prompts` cut into `shards` groups decoded side by side, in

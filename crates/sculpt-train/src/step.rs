@@ -50,7 +50,7 @@ pub struct StepContext<'a, B: AutodiffBackend> {
     /// the backend's (`Autodiff<_, BalancedCheckpointing>`) and needs nothing here.
     pub checkpoint_blocks: bool,
     /// Row shards of each micro-batch whose forward and backward run side by side, each on its
-    /// own fork of the model ([`host_shards`] picks it; 1 = one pass per micro-batch). The
+    /// own fork of the model ([`row_shards`] picks it; 1 = one pass per micro-batch). The
     /// gradients are the batch's exactly: each shard's mean loss is weighted by its share of
     /// the batch's counted labels.
     pub shards: usize,
@@ -58,7 +58,7 @@ pub struct StepContext<'a, B: AutodiffBackend> {
 
 /// Models below this many parameters keep one pass per micro-batch under the automatic
 /// choice: their operations are too small for two shards to gain (the 2-layer, width-64 demo
-/// model trained about 1.5× slower with two).
+/// model trained about 1.2× slower with two).
 pub const AUTO_SHARDS_MIN_PARAMS: usize = 10_000_000;
 
 /// `[train] row_shards`, or the automatic choice for a model of `params` parameters:
@@ -160,13 +160,7 @@ fn sharded_grads<B: AutodiffBackend, M: LanguageModel<B>>(model: &M, batch: &Bat
     let mut acc: Option<GradientsParams> = None;
     for (v, g) in parts {
         value += v;
-        acc = Some(match acc {
-            None => g,
-            Some(mut a) => {
-                add_grads::<B>(&mut a, g, trainable);
-                a
-            }
-        });
+        accumulate::<B>(&mut acc, g, trainable);
     }
     acc.map(|g| (value, g))
 }
@@ -216,6 +210,14 @@ pub(crate) fn add_grads<B: AutodiffBackend>(into: &mut GradientsParams, mut from
                 }
             }
         }
+    }
+}
+
+/// `g` added into the running sum `acc` (which it starts when empty).
+fn accumulate<B: AutodiffBackend>(acc: &mut Option<GradientsParams>, g: GradientsParams, trainable: &[(ParamId, usize)]) {
+    match acc {
+        None => *acc = Some(g),
+        Some(a) => add_grads::<B>(a, g, trainable),
     }
 }
 
@@ -283,13 +285,7 @@ pub fn train_step_accumulated<B: AutodiffBackend, M: LanguageModel<B>>(
                 g
             }
         };
-        acc = Some(match acc {
-            None => g,
-            Some(mut a) => {
-                add_grads::<B>(&mut a, g, cx.trainable);
-                a
-            }
-        });
+        accumulate::<B>(&mut acc, g, cx.trainable);
     }
     let loss_value = loss_sum / parts as f64;
     let mut grads = acc.expect("at least one batch");
