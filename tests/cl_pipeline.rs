@@ -351,3 +351,40 @@ fn stopping_inside_a_task_and_resuming_is_bit_identical() {
         assert!(!left.iter().any(|n| n.contains("-step-")), "mid-task checkpoints outlive their task: {left:?}");
     }
 }
+
+/// `[osft] grow`: from the second task on, every target's frozen rank is the previous task's
+/// plus `⌊grow·R⌋`, capped at `R − 1`; the floor is recorded with the ranks, and a run resumed
+/// at a task boundary derives it from the saved ranks.
+#[test]
+fn grow_raises_every_targets_frozen_rank_per_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = demo(dir.path(), 1);
+    cfg.method = Method::Osft;
+    cfg.osft.rank = sculpt_osft::RankRule::Preserve { fraction: Some(0.5), count: None };
+    cfg.osft.grow = Some(0.25);
+    cfg.output = dir.path().join("grow");
+    let full = train_with::<Ad>(&cfg, &Default::default(), RunOptions::default()).unwrap();
+    let t = &full.results.tasks;
+    assert_eq!(t.len(), 3);
+    assert!(!t[0].ranks.is_empty() && t[0].ranks.iter().all(|x| x.floor.is_none() && x.k == x.n.min(x.m) / 2));
+    for (prev, next) in [(&t[0], &t[1]), (&t[1], &t[2])] {
+        assert_eq!(prev.ranks.len(), next.ranks.len());
+        for (p, q) in prev.ranks.iter().zip(&next.ranks) {
+            assert_eq!(p.name, q.name);
+            let r = p.n.min(p.m);
+            let want = (p.k + r / 4).min(r - 1);
+            assert_eq!((q.floor, q.k, q.r_low), (Some(want), want, r - want), "{}", q.name);
+        }
+    }
+    // The third task hits the cap: one trainable direction per target.
+    assert!(t[2].ranks.iter().all(|x| x.r_low == 1));
+
+    // Resume after task 2: the floors come from the saved ranks.
+    let third = std::fs::read_dir(cfg.output.join("checkpoints")).unwrap().flatten().map(|e| e.path()).find(|p| p.to_string_lossy().contains("task-03")).unwrap();
+    std::fs::remove_dir_all(third).unwrap();
+    std::fs::remove_dir_all(&full.model_dir).unwrap();
+    std::fs::remove_file(cfg.output.join("results.json")).unwrap();
+    let resumed = train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: true, ..Default::default() }).unwrap();
+    assert_eq!(resumed.results.tasks[2].ranks, t[2].ranks);
+    assert_eq!(resumed.results.matrix, full.results.matrix);
+}

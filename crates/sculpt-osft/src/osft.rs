@@ -81,6 +81,21 @@ pub struct OsftConfig {
     /// Which basis each side's projection multiplies by.
     #[serde(default, skip_serializing_if = "is_default_bases")]
     pub bases: ProjectionBases,
+    /// Grow the frozen rank over a stream, as a fraction of `R` per task (off by default: the
+    /// paper re-splits every task by its rule alone). From a stream's second task on, each
+    /// target keeps at least the previous task's `k` plus `⌊grow·R⌋` frozen, capped at `R − 1`;
+    /// `0` only forbids `k` to fall. [OSL] and the PEFT docs budget long streams this way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grow: Option<f64>,
+}
+
+impl OsftConfig {
+    /// The smallest `k` that `[osft] grow` allows for each target after a task that froze
+    /// `previous` (by module name): `None` when growth is off.
+    pub fn grown_floors(&self, previous: &[ResolvedTarget]) -> Option<BTreeMap<String, usize>> {
+        let grow = self.grow?;
+        Some(previous.iter().map(|t| (t.name.clone(), crate::rank::grown_floor(t.k, t.n.min(t.m), grow))).collect())
+    }
 }
 
 fn is_default_bases(b: &ProjectionBases) -> bool {
@@ -176,6 +191,10 @@ pub struct ResolvedTarget {
     pub importance: Option<f64>,
     /// The rule that applied.
     pub rule: RankRule,
+    /// The least `k` that `[osft] grow` required (the previous task's `k` plus the growth),
+    /// when it applied; `k` is the larger of it and the rule's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<usize>,
 }
 
 /// One side's projection basis.
@@ -227,6 +246,18 @@ impl<B: AutodiffBackend> Osft<B> {
         family: &str,
         importance: Option<&BTreeMap<String, f64>>,
     ) -> Result<(M, Self)> {
+        Self::attach_with_floors(model, cfg, family, importance, None)
+    }
+
+    /// [`Osft::attach`] with a least retained rank per target (by module name, from
+    /// [`OsftConfig::grown_floors`]): `k = max(rule's k, floor)`, capped at `R − 1`.
+    pub fn attach_with_floors<M: Module<B> + NamedParams<B>>(
+        model: M,
+        cfg: &OsftConfig,
+        family: &str,
+        importance: Option<&BTreeMap<String, f64>>,
+        floors: Option<&BTreeMap<String, usize>>,
+    ) -> Result<(M, Self)> {
         let patterns = cfg.targets.clone().unwrap_or_else(|| default_targets(family));
         let targets = TargetSet::new(&patterns)?;
         let policy = RankPolicy::new(cfg.rank.clone(), &cfg.rank_overrides)?;
@@ -271,8 +302,9 @@ impl<B: AutodiffBackend> Osft<B> {
             if n.min(m) < &2 {
                 return Err(OsftError::RankOutOfRange { name: name.clone(), n: *n, m: *m, rank: 1, max: n.min(m).saturating_sub(1) });
             }
-            let k = rule.retained(*n, *m, imp);
-            infos.push(ResolvedTarget { name: name.clone(), n: *n, m: *m, k, r_low: n.min(m) - k, importance: imp, rule });
+            let floor = floors.and_then(|f| f.get(name)).copied();
+            let k = rule.retained(*n, *m, imp).max(floor.unwrap_or(0)).min(n.min(m) - 1);
+            infos.push(ResolvedTarget { name: name.clone(), n: *n, m: *m, k, r_low: n.min(m) - k, importance: imp, rule, floor });
         }
         // 3. Decompose, matrices in parallel (each SVD single-threaded: better use of the cores
         //    than parallelising inside one small SVD).

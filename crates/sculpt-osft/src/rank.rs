@@ -99,6 +99,21 @@ impl RankRule {
     }
 }
 
+/// The least retained rank after a task that froze `previous_k` of `r`, under `[osft] grow`:
+/// `previous_k + ⌊grow·r⌋`, capped at `r − 1` (one trainable direction always remains).
+pub fn grown_floor(previous_k: usize, r: usize, grow: f64) -> usize {
+    (previous_k + (grow * r as f64).floor() as usize).min(r.saturating_sub(1))
+}
+
+/// Check `[osft] grow`: a fraction of `R` per task in [0, 1); `key` names it in errors.
+pub fn validate_grow(key: &str, grow: f64) -> Result<()> {
+    if (0.0..1.0).contains(&grow) {
+        Ok(())
+    } else {
+        Err(OsftError::BadRankRule { key: key.to_string(), msg: format!("{grow} is not a fraction of R in [0, 1)") })
+    }
+}
+
 /// A per-module override: modules whose name matches `pattern` use `rule`. (Unknown keys are
 /// rejected by the flattened rule, which sees every key but `pattern`.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -225,6 +240,19 @@ mod tests {
         assert!(RankRule::Adaptive { mrr: 0.9, trr: 0.8 }.validate("k").is_err());
         let e = RankPolicy::new(RankRule::default(), &[RankOverride { pattern: "(".into(), rule: RankRule::default() }]).unwrap_err();
         assert!(e.to_string().contains("rank_overrides[0]"), "{e}");
+    }
+
+    #[test]
+    fn growth_adds_a_fraction_of_r_and_leaves_one_direction() {
+        assert_eq!(grown_floor(32, 64, 0.25), 48);
+        assert_eq!(grown_floor(32, 64, 0.0), 32);
+        assert_eq!(grown_floor(60, 64, 0.25), 63);
+        assert_eq!(grown_floor(10, 64, 0.01), 10, "⌊0.64⌋ adds nothing");
+        assert!(validate_grow("osft.grow", 0.1).is_ok());
+        for bad in [-0.1, 1.0, f64::NAN] {
+            let e = validate_grow("osft.grow", bad).unwrap_err().to_string();
+            assert!(e.contains("osft.grow"), "{e}");
+        }
     }
 
     #[test]

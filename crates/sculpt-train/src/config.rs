@@ -624,6 +624,9 @@ impl RunConfig {
             }
         }
         self.osft.rank.validate("osft.rank").map_err(|e| TrainError::Config { path: path.to_path_buf(), msg: e.to_string() })?;
+        if let Some(g) = self.osft.grow {
+            sculpt_osft::rank::validate_grow("osft.grow", g).map_err(|e| TrainError::Config { path: path.to_path_buf(), msg: e.to_string() })?;
+        }
         Ok(())
     }
 }
@@ -676,6 +679,7 @@ mod tests {
             (format!("{MIN}[train]\nweight_decay = nan\n"), "train.weight_decay"),
             (format!("{MIN}[train]\nmax_grad_norm = inf\n"), "train.max_grad_norm"),
             (format!("{MIN}[osft]\nrank = {{ rule = \"preserve\", fraction = 2.0 }}\n"), "osft.rank"),
+            (format!("{MIN}[osft]\ngrow = 1.5\n"), "osft.grow"),
             (format!("{MIN}[osft]\nrank_overrides = [{{ pattern = \"q\", rule = \"unfreeze\", fractoin = 0.2 }}]\n"), "fractoin"),
             (format!("{MIN}method = \"magic\"\n"), "method"),
             ("model = \"m\"\noutput = \"o\"\ntasks = []\n".to_string(), "tasks"),

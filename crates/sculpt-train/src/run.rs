@@ -699,7 +699,9 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
                 let spinner = ProgressBar::new_spinner().with_message(format!("decomposing ({phase_name})"));
                 spinner.enable_steady_tick(std::time::Duration::from_millis(200));
                 let family = model.family();
-                let (m, o) = Osft::attach(model, &cfg.osft, family, importance.as_ref())?;
+                // `[osft] grow`: at least the previous task's k plus the growth.
+                let floors = summaries.last().and_then(|prev| cfg.osft.grown_floors(&prev.ranks));
+                let (m, o) = Osft::attach_with_floors(model, &cfg.osft, family, importance.as_ref(), floors.as_ref())?;
                 spinner.finish_and_clear();
                 model = m;
                 tracing::info!(task = %phase_name, targets = o.resolved().len(), secs = t0.elapsed().as_secs_f32(), "decomposed");
