@@ -60,6 +60,8 @@ fn main() {
     // (trr 0.8) as a uniform rule, through the frozen bases and through the complement bases
     // (`[osft] bases = "auto"`, cheaper when r < k).
     let only = arg("--methods", "full,osft,k0.8-frozen,k0.8-complement");
+    // `--forward auto|factored|merged`: how the OSFT rows apply their low-rank terms.
+    let forward: sculpt_models::layers::LowRankForm = serde_json::from_value(serde_json::Value::String(arg("--forward", "auto"))).expect("--forward auto|factored|merged");
     for method in ["full", "osft", "k0.8-frozen", "k0.8-complement"] {
         if !only.split(',').any(|m| m == method) {
             continue;
@@ -69,10 +71,11 @@ fn main() {
         let data = batches(steps + 1, b, s, vocab);
         let (osft, trainable, decayed) = if method != "full" {
             let cfg = match method {
-                "osft" => OsftConfig::default(),
+                "osft" => OsftConfig { forward, ..Default::default() },
                 _ => OsftConfig {
                     rank: RankRule::Preserve { fraction: Some(0.8), count: None },
                     bases: if method == "k0.8-frozen" { ProjectionBases::High } else { ProjectionBases::Auto },
+                    forward,
                     ..Default::default()
                 },
             };
@@ -111,7 +114,7 @@ fn main() {
         // Average busy cores over the timed steps: how well the step keeps the CPU occupied.
         let busy = c0.zip(cpu_secs()).map_or(f64::NAN, |(a, b)| (b - a) / wall);
         println!(
-            "{{\"impl\":\"sculpt-{method}\",\"s_per_step\":{secs:.3},\"tokens_per_s\":{:.1},\"projection_fraction\":{:.4},\"optimizer_fraction\":{:.4},\"busy_cores\":{busy:.2},\"shards\":{shards},\"batch\":{b},\"seq\":{s},\"steps\":{steps}}}",
+            "{{\"impl\":\"sculpt-{method}\",\"s_per_step\":{secs:.3},\"tokens_per_s\":{:.1},\"projection_fraction\":{:.4},\"optimizer_fraction\":{:.4},\"busy_cores\":{busy:.2},\"shards\":{shards},\"forward\":\"{forward:?}\",\"batch\":{b},\"seq\":{s},\"steps\":{steps}}}",
             (b * s) as f64 / secs,
             proj / steps as f64 / secs,
             optim / steps as f64 / secs

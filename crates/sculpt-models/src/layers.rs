@@ -101,7 +101,7 @@ impl std::fmt::Debug for InputProbe {
 }
 
 /// `y = x Wᵀ + ((x Vtᵀ) ⊙ s) Uᵀ + b` with `W: [out, in]` (Hugging Face layout) and an optional
-/// low-rank term.
+/// low-rank term (applied in the cheaper of two forms: [`LowRankForm`]).
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
     /// `[out, in]`.
@@ -116,6 +116,52 @@ pub struct Linear<B: Backend> {
     /// The precision the matrix products run in (the parameters stay fp32).
     #[module(skip)]
     pub compute: ComputeDtype,
+    /// How an attached low-rank term is applied.
+    #[module(skip)]
+    pub form: LowRankForm,
+}
+
+/// How a linear layer applies its low-rank term (`[osft] forward`). Both give the same `y` and
+/// the same gradients up to fp32 rounding; they differ in cost. For `T` tokens through an
+/// `[n, m]` layer with a rank-`r` term, in multiply-adds:
+///
+/// | | forward + backward | forward only |
+/// |---|---|---|
+/// | factored | `2Tnm + 3Tr(n+m)` | `Tnm + Tr(n+m)` |
+/// | merged | `3Tnm + 3nmr` | `Tnm + nmr` |
+///
+/// The factored form never forms `U diag(s) Vt`, but its three rank-`r` products per token cost
+/// more than the dense weight gradient once `r` is a sizeable share of `R` (OSFT's low block:
+/// half of `R` by default) and the call carries many tokens. The merged form pays `nmr` per
+/// call to form the sum, and in the backward two more to turn its gradient into `dU`, `ds`
+/// and `dVt`. LoRA's small `r` always picks the factored form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LowRankForm {
+    /// The cheaper of the two for each call, by [`merged_is_cheaper`].
+    #[default]
+    Auto,
+    /// `x Wᵀ + ((x Vtᵀ) ⊙ s) Uᵀ`.
+    Factored,
+    /// `x (W + U diag(s) Vt)ᵀ`.
+    Merged,
+}
+
+/// Whether the merged form costs fewer multiply-adds than the factored one for `tokens` rows
+/// through an `[n, m]` layer with a rank-`r` term (the table at [`LowRankForm`]); `training`:
+/// the backward runs too.
+pub fn merged_is_cheaper(tokens: usize, n: usize, m: usize, r: usize, training: bool) -> bool {
+    let (t, n, m, r) = (tokens as f64, n as f64, m as f64, r as f64);
+    if training {
+        3.0 * t * n * m + 3.0 * n * m * r < 2.0 * t * n * m + 3.0 * t * r * (n + m)
+    } else {
+        n * m * r < t * r * (n + m)
+    }
+}
+
+/// Set how every linear layer of `model` applies an attached low-rank term.
+pub fn set_low_rank_form<B: Backend, M: NamedParams<B>>(model: &mut M, form: LowRankForm) {
+    model.visit_linears_mut(&mut |_, lin| lin.form = form);
 }
 
 /// The precision of a linear layer's matrix products. `Bf16` is mixed precision: the fp32
@@ -142,7 +188,7 @@ impl<B: Backend> Linear<B> {
     pub fn load(map: &mut TensorMap, prefix: &str, d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Result<Self> {
         let weight = load_param(map, &format!("{prefix}.weight"), [d_out, d_in], device)?;
         let bias = if bias { Some(load_param(map, &format!("{prefix}.bias"), [d_out], device)?) } else { None };
-        Ok(Linear { weight, bias, delta: None, probe: InputProbe::none(), compute: ComputeDtype::F32 })
+        Ok(Linear { weight, bias, delta: None, probe: InputProbe::none(), compute: ComputeDtype::F32, form: LowRankForm::Auto })
     }
 
     /// The effective dense weight `W + U diag(s) Vt`, `[out, in]`.
@@ -187,10 +233,21 @@ impl<B: Backend> Linear<B> {
             probe(x.clone());
         }
         let x = self.lowp(x);
-        let mut y = x.clone().matmul(self.lowp(w).transpose());
-        if let Some(d) = &self.delta {
-            // ((x Vtᵀ) ⊙ s) Uᵀ: r(in + out) multiply-adds per token, never the dense product.
-            y = y + (x.matmul(self.lowp(d.vt.val()).transpose()) * self.lowp(d.s.val()).unsqueeze::<2>()).matmul(self.lowp(d.u.val()).transpose());
+        let merged = self.delta.as_ref().is_some_and(|d| match self.form {
+            LowRankForm::Factored => false,
+            LowRankForm::Merged => true,
+            LowRankForm::Auto => merged_is_cheaper(b * s, d_out, d_in, d.s.dims()[0], d.u.val().is_require_grad() || d.vt.val().is_require_grad()),
+        });
+        let mut y;
+        if merged {
+            let d = self.delta.as_ref().expect("checked");
+            y = x.matmul(self.lowp(w + d.dense()).transpose());
+        } else {
+            y = x.clone().matmul(self.lowp(w).transpose());
+            if let Some(d) = &self.delta {
+                // ((x Vtᵀ) ⊙ s) Uᵀ: r(in + out) multiply-adds per token, never the dense product.
+                y = y + (x.matmul(self.lowp(d.vt.val()).transpose()) * self.lowp(d.s.val()).unsqueeze::<2>()).matmul(self.lowp(d.u.val()).transpose());
+            }
         }
         if self.compute != ComputeDtype::F32 {
             y = y.cast(FloatDType::F32);
@@ -304,5 +361,80 @@ pub trait NamedParams<B: Backend> {
         let mut map = TensorMap::new("<memory>");
         self.visit_params(&mut |name, p| map.insert(name, p.to_host()));
         map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::Distribution;
+
+    type Ad = Autodiff<Flex>;
+
+    fn param<const D: usize>(shape: [usize; D], seed: u64) -> Param<Tensor<Ad, D>> {
+        let n: usize = shape.iter().product();
+        // A fixed pseudo-random fill (no global RNG state).
+        let data: Vec<f32> = (0..n).map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 500.0 - 1.0) * 0.3).collect();
+        Param::from_tensor(Tensor::from_data(TensorData::new(data, shape), &Default::default()))
+    }
+
+    fn layer(n: usize, m: usize, r: usize, form: LowRankForm) -> Linear<Ad> {
+        let delta = LowRank { u: param([n, r], 1), s: param([r], 2), vt: param([r, m], 3) };
+        Linear { weight: param([n, m], 4).set_require_grad(false), bias: None, delta: Some(delta), probe: InputProbe::none(), compute: ComputeDtype::F32, form }
+    }
+
+    /// Each form computes its own expression (bit for bit), `Auto` picks by the cost model, and
+    /// the two forms' outputs and gradients agree.
+    #[test]
+    fn both_forms_agree_and_auto_picks_by_cost() {
+        let (n, m, r) = (24, 16, 8);
+        let x = |t: usize| Tensor::<Ad, 3>::random([1, t, m], Distribution::Uniform(-1.0, 1.0), &Default::default());
+        for t in [2, 64] {
+            let x = x(t);
+            let run = |form| {
+                let l = layer(n, m, r, form);
+                let y = l.forward(x.clone().require_grad());
+                (l, y)
+            };
+            let (lf, yf) = run(LowRankForm::Factored);
+            let (lm, ym) = run(LowRankForm::Merged);
+            let (_, ya) = run(LowRankForm::Auto);
+            let d = lf.delta.as_ref().unwrap();
+            let x2 = x.clone().reshape([t, m]);
+            let want_f = x2.clone().matmul(lf.weight.val().transpose()) + (x2.clone().matmul(d.vt.val().transpose()) * d.s.val().unsqueeze::<2>()).matmul(d.u.val().transpose());
+            let want_m = x2.matmul((lm.weight.val() + d.dense()).transpose());
+            yf.clone().reshape([t, n]).into_data().assert_eq(&want_f.into_data(), true);
+            ym.clone().reshape([t, n]).into_data().assert_eq(&want_m.into_data(), true);
+            let auto_merged = merged_is_cheaper(t, n, m, r, true);
+            assert_eq!(auto_merged, t == 64, "the cost model at T = {t}");
+            ya.into_data().assert_eq(&(if auto_merged { ym.clone() } else { yf.clone() }).into_data(), true);
+            yf.clone().into_data().assert_approx_eq::<f32>(&ym.clone().into_data(), burn::tensor::Tolerance::absolute(1e-5));
+            // Gradients of the same loss through either form.
+            let gf = (yf.clone() * yf).sum().backward();
+            let gm = (ym.clone() * ym).sum().backward();
+            let (df, dm) = (lf.delta.as_ref().unwrap(), lm.delta.as_ref().unwrap());
+            for (a, b) in [(df.u.val().grad(&gf).unwrap(), dm.u.val().grad(&gm).unwrap()), (df.vt.val().grad(&gf).unwrap(), dm.vt.val().grad(&gm).unwrap())] {
+                let scale = a.clone().abs().max().into_scalar().max(1e-6);
+                let err = (a - b).abs().max().into_scalar() / scale;
+                assert!(err < 1e-5, "T = {t}: gradients differ by {err}");
+            }
+            let (sa, sb) = (df.s.val().grad(&gf).unwrap(), dm.s.val().grad(&gm).unwrap());
+            let err = (sa.clone() - sb).abs().max().into_scalar() / sa.abs().max().into_scalar().max(1e-6);
+            assert!(err < 1e-5, "T = {t}: ds differs by {err}");
+        }
+    }
+
+    #[test]
+    fn the_cost_model_follows_the_multiply_add_counts() {
+        // SmolLM2's q_proj (576²) at OSFT's default half-rank split: one 256-token row shard
+        // stays factored, 512 tokens merge.
+        assert!(!merged_is_cheaper(256, 576, 576, 288, true));
+        assert!(merged_is_cheaper(512, 576, 576, 288, true));
+        // LoRA's rank 8 never merges for training, however many tokens.
+        assert!(!merged_is_cheaper(1 << 20, 576, 576, 8, true));
+        // Forward only: merging pays once T(n + m) > nm (288 tokens for 576²).
+        assert!(!merged_is_cheaper(288, 576, 576, 8, false));
+        assert!(merged_is_cheaper(289, 576, 576, 8, false));
     }
 }

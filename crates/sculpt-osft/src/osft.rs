@@ -15,7 +15,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
-use sculpt_models::layers::{LowRank, NamedParams};
+use sculpt_models::layers::{set_low_rank_form, LowRank, LowRankForm, NamedParams};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{OsftError, Result};
@@ -87,6 +87,14 @@ pub struct OsftConfig {
     /// `0` only forbids `k` to fall. [OSL] and the PEFT docs budget long streams this way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grow: Option<f64>,
+    /// How the attached low-rank terms multiply: the cheaper form per call (`auto`), or always
+    /// `factored` or `merged` ([`LowRankForm`]).
+    #[serde(default, skip_serializing_if = "is_auto_form")]
+    pub forward: LowRankForm,
+}
+
+fn is_auto_form(f: &LowRankForm) -> bool {
+    *f == LowRankForm::Auto
 }
 
 impl OsftConfig {
@@ -353,6 +361,7 @@ impl<B: AutodiffBackend> Osft<B> {
             state.by_name.insert(info.name.clone(), state.targets.len());
             state.targets.push(Target { info, u_basis, vt_basis, u_id, s_id, vt_id });
         });
+        set_low_rank_form(&mut model, cfg.forward);
         Ok((model, state))
     }
 

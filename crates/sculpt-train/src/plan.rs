@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use sculpt_models::layers::{merged_is_cheaper, LowRankForm};
 use sculpt_osft::targets::{default_targets, TargetSet};
 use serde::Serialize;
 
@@ -48,6 +49,11 @@ pub struct MemoryPlan {
     /// With bf16 and checkpointing, the bf16 weight copies still alive at the peak (replaces the
     /// `bf16 copies` row in the checkpointed total: per-block checkpointing keeps one block's).
     pub bf16_copies_checkpointed: u64,
+    /// In fp32, the dense `W + U diag(s) Vt` of the targets that apply their low-rank term in
+    /// the merged form ([`sculpt_models::layers::LowRankForm`]) still alive at the peak with
+    /// checkpointing (replaces the merged-copies row in the checkpointed total).
+    #[serde(default)]
+    pub merged_copies_checkpointed: u64,
     /// Batch × sequence length the activations assume.
     pub batch: usize,
     /// Sequence length.
@@ -58,13 +64,14 @@ pub struct MemoryPlan {
 
 const F32: u64 = 4;
 const BF16_COPIES: &str = "bf16 copies of the linear weights";
+const MERGED_COPIES: &str = "merged-form dense weights";
 
 impl MemoryPlan {
     /// Total bytes without / with activation checkpointing.
     pub fn totals(&self) -> (u64, u64) {
         let base: u64 = self.rows.iter().map(|r| r.bytes).sum();
-        let copies: u64 = self.rows.iter().filter(|r| r.what.starts_with(BF16_COPIES)).map(|r| r.bytes).sum();
-        (base + self.activations, base - copies + self.bf16_copies_checkpointed + self.activations_checkpointed)
+        let copies: u64 = self.rows.iter().filter(|r| r.what.starts_with(BF16_COPIES) || r.what.starts_with(MERGED_COPIES)).map(|r| r.bytes).sum();
+        (base + self.activations, base - copies + self.bf16_copies_checkpointed + self.merged_copies_checkpointed + self.activations_checkpointed)
     }
 
     /// A human-readable table.
@@ -91,6 +98,9 @@ impl MemoryPlan {
         s.push_str(&format!("  {:<56}{}\n", format!("activations (activation_checkpointing = {name})"), gib(self.activations_checkpointed)));
         if self.bf16 {
             s.push_str(&format!("  {:<56}{}\n", format!("{BF16_COPIES} (checkpointing = {name})"), gib(self.bf16_copies_checkpointed)));
+        }
+        if self.rows.iter().any(|r| r.what.starts_with(MERGED_COPIES)) {
+            s.push_str(&format!("  {:<56}{}\n", format!("{MERGED_COPIES} (checkpointing = {name})"), gib(self.merged_copies_checkpointed)));
         }
         let (a, b) = self.totals();
         s.push_str(&format!("  {:<56}{}\n  {:<56}{}\n", "total", gib(a), "total with activation_checkpointing", gib(b)));
@@ -198,6 +208,12 @@ pub fn activations(config: &serde_json::Value, b: usize, s: usize, bf16: bool) -
     ((plain * F32 as f64) as u64, (ckpt * F32 as f64) as u64, (blocks * F32 as f64) as u64)
 }
 
+/// The block a parameter or module name belongs to (`model.layers.3`, `encoder.block.0`), if any.
+fn block_of(n: &str) -> Option<String> {
+    let (a, r) = n.split_once(".layers.").or_else(|| n.split_once(".block."))?;
+    Some(format!("{a}.{}", r.split('.').next().unwrap_or("")))
+}
+
 /// The estimate for `cfg` (batch `train.batch_size`, sequence `data.max_prompt_tokens +
 /// data.max_answer_tokens` unless `seq` is given).
 pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
@@ -212,6 +228,16 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
         Ok(shapes.iter().filter_map(|(n, s)| n.strip_suffix(".weight").filter(|m| s.len() == 2 && t.matches(m)).map(|m| (m.to_string(), s[0], s[1]))).collect())
     };
     let adam = matches!(cfg.train.optimizer, crate::config::OptimizerKind::Adamw);
+    let batch = cfg.train.batch_size;
+    let seq = seq.unwrap_or(cfg.data.max_prompt_tokens + cfg.data.max_answer_tokens);
+    let bf16 = cfg.train.precision == crate::config::Precision::Bf16;
+    // Row shards each run their own graph on `batch / shards` rows (unset: planned as one).
+    let shards = cfg.train.row_shards.unwrap_or(1).clamp(1, batch.max(1));
+    let tokens_per_call = batch.div_ceil(shards) * seq;
+    // Targets whose low-rank term multiplies in the merged form keep `W + U diag(s) Vt` for the
+    // backward: a dense fp32 copy per shard (in bf16 the bf16 copy of the weight is made and
+    // counted either way). `(module name, bytes)`.
+    let mut merged: Vec<(String, u64)> = vec![];
     let opt_factor = if adam { 2 } else { 0 };
     let mut rows = vec![];
     let trainable: u64;
@@ -230,6 +256,14 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
                 let side = |dim: u64| if cfg.osft.bases.complement(dim as usize, n as usize, m as usize, k as usize) { r } else { k };
                 high += n * side(n) + m * side(m);
                 low += r * (n + m + 1);
+                let picks = match cfg.osft.forward {
+                    LowRankForm::Factored => false,
+                    LowRankForm::Merged => true,
+                    LowRankForm::Auto => merged_is_cheaper(tokens_per_call, n as usize, m as usize, r as usize, true),
+                };
+                if picks && !bf16 {
+                    merged.push((name.clone(), F32 * n * m * shards as u64));
+                }
             }
             let others = parameters - dense;
             let non_targets_train = if cfg.osft.train_non_targets { others } else { 0 };
@@ -259,9 +293,10 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
             }
         }
     }
-    let batch = cfg.train.batch_size;
-    let seq = seq.unwrap_or(cfg.data.max_prompt_tokens + cfg.data.max_answer_tokens);
-    let bf16 = cfg.train.precision == crate::config::Precision::Bf16;
+    if !merged.is_empty() {
+        let what = format!("{MERGED_COPIES} W + U diag(s) Vt ({} targets, {tokens_per_call} tokens per call)", merged.len());
+        rows.push(PlanRow { what, bytes: merged.iter().map(|(_, b)| b).sum() });
+    }
     // The bf16 copies of the weights the products read, kept for the backward pass.
     let bf16_copies: u64 = if bf16 {
         2 * shapes
@@ -285,22 +320,29 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
         // One segment's copies at a time: a block's, or the untied head's.
         (true, _) => {
             let head: u64 = shapes.iter().filter(|(n, sh)| sh.len() == 2 && n.starts_with("lm_head")).map(|(_, sh)| 2 * sh.iter().product::<usize>() as u64).sum();
-            let block = |n: &str| -> Option<String> {
-                let rest = n.split_once(".layers.").or_else(|| n.split_once(".block.")).map(|(a, r)| (a, r.split('.').next().unwrap_or("")))?;
-                Some(format!("{}.{}", rest.0, rest.1))
-            };
             let mut per_block: BTreeMap<String, u64> = BTreeMap::new();
             for (n, sh) in &shapes {
-                if let (2, Some(b)) = (sh.len(), block(n)) {
+                if let (2, Some(b)) = (sh.len(), block_of(n)) {
                     *per_block.entry(b).or_default() += 2 * sh.iter().product::<usize>() as u64;
                 }
             }
             per_block.values().copied().max().unwrap_or(0).max(head)
         }
     };
+    // Per-block checkpointing keeps one block's merged copies (per shard) at a time.
+    let merged_copies_checkpointed = match checkpointing {
+        Checkpointing::Ops => merged.iter().map(|(_, b)| b).sum(),
+        _ => {
+            let mut per_block: BTreeMap<String, u64> = BTreeMap::new();
+            for (n, b) in &merged {
+                *per_block.entry(block_of(n).unwrap_or_default()).or_default() += b;
+            }
+            per_block.values().copied().max().unwrap_or(0)
+        }
+    };
     let (activations, ops, blocks) = activations(&config, batch, seq, bf16);
     let activations_checkpointed = if checkpointing == Checkpointing::Ops { ops } else { blocks };
-    Ok(MemoryPlan { family, method: cfg.method, parameters, trainable, rows, activations, activations_checkpointed, checkpointing, bf16_copies_checkpointed, batch, seq, bf16 })
+    Ok(MemoryPlan { family, method: cfg.method, parameters, trainable, rows, activations, activations_checkpointed, checkpointing, bf16_copies_checkpointed, merged_copies_checkpointed, batch, seq, bf16 })
 }
 
 /// Peak resident memory of this process so far (`VmHWM`), where the OS reports it.
@@ -358,6 +400,35 @@ mod tests {
     fn cfg(model: &Path, method: &str, extra: &str) -> RunConfig {
         let text = format!("model = {model:?}\noutput = \"o\"\nmethod = \"{method}\"\n{extra}\n[[tasks]]\nname = \"a\"\ndata = \"a.jsonl\"\n");
         RunConfig::from_toml(Path::new("/x/run.toml"), &text).unwrap()
+    }
+
+    /// Targets whose low-rank term multiplies in the merged form add their dense fp32 weights
+    /// (per row shard; one block's with per-block checkpointing); the factored form and bf16
+    /// (whose weight copies are made either way) add none.
+    #[test]
+    fn merged_form_copies_are_planned() {
+        let dir = tempfile::tempdir().unwrap();
+        llama_folder(dir.path(), 256, 768, 2, 4, 2, 64);
+        let dense_per_layer: u64 = 2 * 256 * 256 + 2 * 128 * 256 + 3 * 768 * 256;
+        let row = |p: &MemoryPlan| p.rows.iter().find(|r| r.what.starts_with(MERGED_COPIES)).map(|r| r.bytes);
+        // 8 × 513 tokens per call: every target merges (the half-rank default).
+        let p = plan(&cfg(dir.path(), "osft", "[train]\nbatch_size = 8\n"), Some(513)).unwrap();
+        assert_eq!(row(&p), Some(F32 * 2 * dense_per_layer));
+        assert_eq!(p.merged_copies_checkpointed, F32 * dense_per_layer);
+        let (plain, ckpt) = p.totals();
+        assert!(p.to_text().contains(MERGED_COPIES));
+        // Two row shards: two graphs, each with its own copies.
+        let sharded = plan(&cfg(dir.path(), "osft", "[train]\nbatch_size = 8\nrow_shards = 2\n"), Some(513)).unwrap();
+        assert_eq!(row(&sharded), Some(F32 * 4 * dense_per_layer));
+        // Forced factored, or bf16: no row, and the totals drop by exactly the copies.
+        let f = plan(&cfg(dir.path(), "osft", "[train]\nbatch_size = 8\n[osft]\nforward = \"factored\"\n"), Some(513)).unwrap();
+        assert_eq!(row(&f), None);
+        assert_eq!(f.totals(), (plain - F32 * 2 * dense_per_layer, ckpt - F32 * dense_per_layer));
+        let b = plan(&cfg(dir.path(), "osft", "[train]\nbatch_size = 8\nprecision = \"bf16\"\n"), Some(513)).unwrap();
+        assert_eq!(row(&b), None);
+        // One short row per call stays factored.
+        let short = plan(&cfg(dir.path(), "osft", "[train]\nbatch_size = 1\n"), Some(8)).unwrap();
+        assert_eq!(row(&short), None);
     }
 
     /// LLaMA-2-7B at unfreeze 0.25, batch 8 × 512 (the README's worked example): the parameter
