@@ -506,6 +506,31 @@ fn block_checkpointing_trains_like_the_whole_graph() {
     }
 }
 
+/// Three SGD steps (lr 0.5, clip 1.0) accumulated over `batches`, then merge: the losses and the
+/// merged weights by name. OSFT decays its low factors; full fine-tuning decays nothing.
+fn three_sgd_steps<M: LanguageModel<Ad>>(
+    mut model: M,
+    osft: Option<&Osft<Ad>>,
+    trainable: &[(burn::module::ParamId, usize)],
+    batches: &[Batch],
+    blocks: bool,
+    shards: usize,
+) -> (Vec<f64>, std::collections::BTreeMap<String, Vec<f32>>) {
+    use sculpt_train::step::train_step_accumulated;
+    let train = TrainSection { optimizer: OptimizerKind::Sgd, lr: 0.5, max_grad_norm: 1.0, ..Default::default() };
+    let decayed = if osft.is_some() { trainable.iter().map(|(id, _)| *id).collect() } else { BTreeSet::new() };
+    let mut opt = TaskOptimizer::new(&train, decayed);
+    let cx = StepContext { osft, trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "t", names: None, skip_non_finite: false, checkpoint_blocks: blocks, shards };
+    let mut losses = vec![];
+    for step in 0..3 {
+        let (m, s) = train_step_accumulated(model, batches, &mut opt, &cx, step, None).unwrap();
+        model = m;
+        losses.push(s.loss);
+    }
+    merge(&mut model);
+    (losses, model.export().tensors.into_iter().map(|(k, t)| (k, t.data)).collect())
+}
+
 /// Row shards run side by side (`StepContext::shards`, the host backends' default) train as
 /// one pass over each micro-batch does. Shards carry unequal label counts (a padded row, a row
 /// with every label ignored), so a plain mean of the shard losses would differ. Checked for full
@@ -516,7 +541,6 @@ fn block_checkpointing_trains_like_the_whole_graph() {
 #[test]
 fn sharded_steps_train_like_one_pass() {
     use sculpt_models::layers::ParamRef;
-    use sculpt_train::step::train_step_accumulated;
     let device = Default::default();
     fn micro_batches(decoder_only: bool) -> Vec<Batch> {
         let mut a = padded_batch(decoder_only);
@@ -531,7 +555,7 @@ fn sharded_steps_train_like_one_pass() {
     }
     fn go<M: LanguageModel<Ad>>(model: M, osft: bool, shards: usize, blocks: bool) -> (Vec<f64>, std::collections::BTreeMap<String, Vec<f32>>) {
         let family = model.family();
-        let (mut model, state, trainable) = if osft {
+        let (model, state, trainable) = if osft {
             let (m, o) = Osft::attach(model, &OsftConfig::default(), family, None).unwrap();
             let ids = o.low_param_ids();
             (m, Some(o), ids)
@@ -543,19 +567,8 @@ fn sharded_steps_train_like_one_pass() {
             });
             (model, None, ids)
         };
-        let train = TrainSection { optimizer: OptimizerKind::Sgd, lr: 0.5, max_grad_norm: 1.0, ..Default::default() };
-        let decayed = if osft { trainable.iter().map(|(id, _)| *id).collect() } else { BTreeSet::new() };
-        let mut opt = TaskOptimizer::new(&train, decayed);
-        let cx = StepContext { osft: state.as_ref(), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "t", names: None, skip_non_finite: false, checkpoint_blocks: blocks, shards };
         let batches = micro_batches(model.decoder_only());
-        let mut losses = vec![];
-        for step in 0..3 {
-            let (m, s) = train_step_accumulated(model, &batches, &mut opt, &cx, step, None).unwrap();
-            model = m;
-            losses.push(s.loss);
-        }
-        merge(&mut model);
-        (losses, model.export().tensors.into_iter().map(|(k, t)| (k, t.data)).collect())
+        three_sgd_steps(model, state.as_ref(), &trainable, &batches, blocks, shards)
     }
     fn compare<M: LanguageModel<Ad>>(name: &str, load: impl Fn() -> M) {
         for (osft, shards, blocks) in [(true, 2, false), (false, 3, false), (true, 4, true), (false, 2, true)] {
@@ -628,25 +641,13 @@ fn complement_bases_train_like_the_frozen_bases() {
 #[test]
 fn merged_and_factored_forms_train_alike() {
     use sculpt_models::layers::LowRankForm;
-    use sculpt_train::step::train_step_accumulated;
     let device = Default::default();
     fn go<M: LanguageModel<Ad>>(model: M, form: LowRankForm) -> (Vec<f64>, std::collections::BTreeMap<String, Vec<f32>>) {
         let family = model.family();
         let cfg = OsftConfig { forward: form, ..Default::default() };
-        let (mut model, o) = Osft::attach(model, &cfg, family, None).unwrap();
-        let trainable = o.low_param_ids();
-        let train = TrainSection { optimizer: OptimizerKind::Sgd, lr: 0.5, max_grad_norm: 1.0, ..Default::default() };
-        let mut opt = TaskOptimizer::new(&train, trainable.iter().map(|(id, _)| *id).collect());
-        let cx = StepContext { osft: Some(&o), trainable: &trainable, lr: train.lr, max_grad_norm: train.max_grad_norm, task: "t", names: None, skip_non_finite: false, checkpoint_blocks: true, shards: 1 };
+        let (model, o) = Osft::attach(model, &cfg, family, None).unwrap();
         let batches = vec![padded_batch(model.decoder_only()), padded_batch(model.decoder_only())];
-        let mut losses = vec![];
-        for step in 0..3 {
-            let (m, s) = train_step_accumulated(model, &batches, &mut opt, &cx, step, None).unwrap();
-            model = m;
-            losses.push(s.loss);
-        }
-        merge(&mut model);
-        (losses, model.export().tensors.into_iter().map(|(k, t)| (k, t.data)).collect())
+        three_sgd_steps(model, Some(&o), &o.low_param_ids(), &batches, true, 1)
     }
     for name in ["llama-tied-tiny", "t5-v1_1-tiny"] {
         let run = |form| match Pretrained::<Ad>::load(&tiny_fixture(name), &device).unwrap().model {
