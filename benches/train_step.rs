@@ -3,7 +3,8 @@
 //! with the projections' share of the OSFT step; then OSFT preserving 0.8 of every target
 //! through the frozen and through the complement bases; and one OSFT step accumulated over
 //! `--accumulate` micro-batches, for the projections' share at realistic tokens per step. One
-//! JSON line per method.
+//! JSON line per method; `--forward auto,factored` adds OSFT rows with the low-rank terms
+//! forced into one form.
 //! `cargo xtask bench step` pairs it with `benches/torch_step.py` (plain PyTorch and PEFT OSF).
 //!
 //! `cargo bench -p sculpt --profile dev --bench train_step -- --model <gguf|folder> --batch 4 --seq 128 --steps 2`
@@ -13,6 +14,7 @@ use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex};
 use sculpt_data::Batch;
+use sculpt_models::layers::LowRankForm;
 use sculpt_models::{Model, Pretrained};
 use sculpt_osft::{Osft, OsftConfig, ProjectionBases, RankRule};
 use sculpt_train::config::TrainSection;
@@ -60,12 +62,24 @@ fn main() {
     // (trr 0.8) as a uniform rule, through the frozen bases and through the complement bases
     // (`[osft] bases = "auto"`, cheaper when r < k).
     let only = arg("--methods", "full,osft,k0.8-frozen,k0.8-complement");
-    // `--forward auto|factored|merged`: how the OSFT rows apply their low-rank terms.
-    let forward: sculpt_models::layers::LowRankForm = serde_json::from_value(serde_json::Value::String(arg("--forward", "auto"))).expect("--forward auto|factored|merged");
-    for method in ["full", "osft", "k0.8-frozen", "k0.8-complement"] {
+    // `--forward auto,factored`: how the OSFT rows apply their low-rank terms, one row each
+    // (`sculpt-osft` for auto, `sculpt-osft-factored`, `sculpt-osft-merged`).
+    let forwards: Vec<LowRankForm> = arg("--forward", "auto")
+        .split(',')
+        .map(|f| serde_json::from_value(serde_json::Value::String(f.into())).expect("--forward: auto, factored or merged"))
+        .collect();
+    let runs = ["full", "osft", "k0.8-frozen", "k0.8-complement"].into_iter().flat_map(|m| {
+        let forms = if m == "full" { vec![LowRankForm::Auto] } else { forwards.clone() };
+        forms.into_iter().map(move |f| (m, f))
+    });
+    for (method, forward) in runs {
         if !only.split(',').any(|m| m == method) {
             continue;
         }
+        let label = match forward {
+            LowRankForm::Auto => method.to_string(),
+            f => format!("{method}-{}", serde_json::to_value(f).unwrap().as_str().unwrap()),
+        };
         let mut model = load();
         let vocab = LanguageModel::<Ad>::vocab_size(&model) as u64;
         let data = batches(steps + 1, b, s, vocab);
@@ -114,7 +128,7 @@ fn main() {
         // Average busy cores over the timed steps: how well the step keeps the CPU occupied.
         let busy = c0.zip(cpu_secs()).map_or(f64::NAN, |(a, b)| (b - a) / wall);
         println!(
-            "{{\"impl\":\"sculpt-{method}\",\"s_per_step\":{secs:.3},\"tokens_per_s\":{:.1},\"projection_fraction\":{:.4},\"optimizer_fraction\":{:.4},\"busy_cores\":{busy:.2},\"shards\":{shards},\"forward\":\"{forward:?}\",\"batch\":{b},\"seq\":{s},\"steps\":{steps}}}",
+            "{{\"impl\":\"sculpt-{label}\",\"s_per_step\":{secs:.3},\"tokens_per_s\":{:.1},\"projection_fraction\":{:.4},\"optimizer_fraction\":{:.4},\"busy_cores\":{busy:.2},\"shards\":{shards},\"batch\":{b},\"seq\":{s},\"steps\":{steps}}}",
             (b * s) as f64 / secs,
             proj / steps as f64 / secs,
             optim / steps as f64 / secs
@@ -123,7 +137,7 @@ fn main() {
         // `--accumulate` micro-batches (default 8, 4096 tokens at 4 × 128) shows their share at
         // the token counts real runs use.
         let accumulate: usize = arg("--accumulate", "8").parse().unwrap();
-        if method == "osft" && accumulate > 1 {
+        if method == "osft" && forward == LowRankForm::Auto && accumulate > 1 {
             let micro = batches(accumulate, b, s, vocab);
             let t0 = Instant::now();
             let (m, st) = sculpt_train::step::train_step_accumulated(model, &micro, &mut opt, &cx, steps + 1, None).expect("step");
