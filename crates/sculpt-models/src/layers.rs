@@ -147,6 +147,18 @@ pub enum LowRankForm {
     Merged,
 }
 
+impl LowRankForm {
+    /// Whether a call with `tokens` rows through an `[n, m]` layer with a rank-`r` term
+    /// (`training`: the backward runs too) uses the merged form.
+    pub fn merges(self, tokens: usize, n: usize, m: usize, r: usize, training: bool) -> bool {
+        match self {
+            LowRankForm::Factored => false,
+            LowRankForm::Merged => true,
+            LowRankForm::Auto => merged_is_cheaper(tokens, n, m, r, training),
+        }
+    }
+}
+
 /// Whether the merged form costs fewer multiply-adds than the factored one for `tokens` rows
 /// through an `[n, m]` layer with a rank-`r` term (the table at [`LowRankForm`]); `training`:
 /// the backward runs too.
@@ -233,22 +245,16 @@ impl<B: Backend> Linear<B> {
             probe(x.clone());
         }
         let x = self.lowp(x);
-        let merged = self.delta.as_ref().is_some_and(|d| match self.form {
-            LowRankForm::Factored => false,
-            LowRankForm::Merged => true,
-            LowRankForm::Auto => merged_is_cheaper(b * s, d_out, d_in, d.s.dims()[0], d.u.val().is_require_grad() || d.vt.val().is_require_grad()),
-        });
-        let mut y;
-        if merged {
-            let d = self.delta.as_ref().expect("checked");
-            y = x.matmul(self.lowp(w + d.dense()).transpose());
-        } else {
-            y = x.clone().matmul(self.lowp(w).transpose());
-            if let Some(d) = &self.delta {
-                // ((x Vtᵀ) ⊙ s) Uᵀ: r(in + out) multiply-adds per token, never the dense product.
-                y = y + (x.matmul(self.lowp(d.vt.val()).transpose()) * self.lowp(d.s.val()).unsqueeze::<2>()).matmul(self.lowp(d.u.val()).transpose());
+        let training = |d: &LowRank<B>| d.u.val().is_require_grad() || d.vt.val().is_require_grad();
+        let mut y = match &self.delta {
+            Some(d) if self.form.merges(b * s, d_out, d_in, d.s.dims()[0], training(d)) => x.matmul(self.lowp(w + d.dense()).transpose()),
+            // ((x Vtᵀ) ⊙ s) Uᵀ: r(in + out) multiply-adds per token, never the dense product.
+            Some(d) => {
+                x.clone().matmul(self.lowp(w).transpose())
+                    + (x.matmul(self.lowp(d.vt.val()).transpose()) * self.lowp(d.s.val()).unsqueeze::<2>()).matmul(self.lowp(d.u.val()).transpose())
             }
-        }
+            None => x.matmul(self.lowp(w).transpose()),
+        };
         if self.compute != ComputeDtype::F32 {
             y = y.cast(FloatDType::F32);
         }

@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use sculpt_models::layers::{merged_is_cheaper, LowRankForm};
 use sculpt_osft::targets::{default_targets, TargetSet};
 use serde::Serialize;
 
@@ -214,6 +213,18 @@ fn block_of(n: &str) -> Option<String> {
     Some(format!("{a}.{}", r.split('.').next().unwrap_or("")))
 }
 
+/// The largest sum of `bytes` over the items of one block (`None`: counted in no block): what
+/// per-block checkpointing keeps alive at once.
+fn largest_block(items: impl IntoIterator<Item = (Option<String>, u64)>) -> u64 {
+    let mut per_block: BTreeMap<String, u64> = BTreeMap::new();
+    for (block, bytes) in items {
+        if let Some(b) = block {
+            *per_block.entry(b).or_default() += bytes;
+        }
+    }
+    per_block.values().copied().max().unwrap_or(0)
+}
+
 /// The estimate for `cfg` (batch `train.batch_size`, sequence `data.max_prompt_tokens +
 /// data.max_answer_tokens` unless `seq` is given).
 pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
@@ -256,12 +267,7 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
                 let side = |dim: u64| if cfg.osft.bases.complement(dim as usize, n as usize, m as usize, k as usize) { r } else { k };
                 high += n * side(n) + m * side(m);
                 low += r * (n + m + 1);
-                let picks = match cfg.osft.forward {
-                    LowRankForm::Factored => false,
-                    LowRankForm::Merged => true,
-                    LowRankForm::Auto => merged_is_cheaper(tokens_per_call, n as usize, m as usize, r as usize, true),
-                };
-                if picks && !bf16 {
+                if !bf16 && cfg.osft.forward.merges(tokens_per_call, n as usize, m as usize, r as usize, true) {
                     merged.push((name.clone(), F32 * n * m * shards as u64));
                 }
             }
@@ -320,25 +326,15 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
         // One segment's copies at a time: a block's, or the untied head's.
         (true, _) => {
             let head: u64 = shapes.iter().filter(|(n, sh)| sh.len() == 2 && n.starts_with("lm_head")).map(|(_, sh)| 2 * sh.iter().product::<usize>() as u64).sum();
-            let mut per_block: BTreeMap<String, u64> = BTreeMap::new();
-            for (n, sh) in &shapes {
-                if let (2, Some(b)) = (sh.len(), block_of(n)) {
-                    *per_block.entry(b).or_default() += 2 * sh.iter().product::<usize>() as u64;
-                }
-            }
-            per_block.values().copied().max().unwrap_or(0).max(head)
+            let matrices = shapes.iter().filter(|(_, sh)| sh.len() == 2).map(|(n, sh)| (block_of(n), 2 * sh.iter().product::<usize>() as u64));
+            largest_block(matrices).max(head)
         }
     };
     // Per-block checkpointing keeps one block's merged copies (per shard) at a time.
     let merged_copies_checkpointed = match checkpointing {
         Checkpointing::Ops => merged.iter().map(|(_, b)| b).sum(),
-        _ => {
-            let mut per_block: BTreeMap<String, u64> = BTreeMap::new();
-            for (n, b) in &merged {
-                *per_block.entry(block_of(n).unwrap_or_default()).or_default() += b;
-            }
-            per_block.values().copied().max().unwrap_or(0)
-        }
+        // Targets outside every block share one bucket.
+        _ => largest_block(merged.iter().map(|(n, b)| (Some(block_of(n).unwrap_or_default()), *b))),
     };
     let (activations, ops, blocks) = activations(&config, batch, seq, bf16);
     let activations_checkpointed = if checkpointing == Checkpointing::Ops { ops } else { blocks };
