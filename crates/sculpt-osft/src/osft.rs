@@ -518,20 +518,29 @@ fn high_part(w: &[f32], n: usize, m: usize, u_low: &[f32], s_low: &[f32], vt_low
 
 /// Thin SVDs of many row-major matrices `(n, m, values)`, in parallel over matrices (each SVD
 /// single-threaded: on a few cores that uses them better than parallelising inside one small SVD).
+/// The largest start first (`n·m·min(n, m)`, their cost), so that no large one is left to finish
+/// alone on one core at the end; the results come back in the order of `mats`.
 pub fn decompose_all(mats: &[(usize, usize, &[f32])], method: SvdMethod) -> Vec<std::result::Result<Svd, String>> {
     let prev = faer::get_global_parallelism();
     faer::set_global_parallelism(faer::Par::Seq);
-    let out = mats
-        .par_iter()
-        .map(|&(n, m, w)| match method {
-            SvdMethod::Exact => thin_svd(w, n, m),
-            SvdMethod::ExactF64 => crate::svd::thin_svd_f64(w, n, m),
-            SvdMethod::Gram => crate::svd::gram_svd(w, n, m),
-            SvdMethod::Randomized { power_iters, block } => randomized_svd(w, n, m, RsvdOptions { power_iters, block, ..Default::default() }),
+    let mut order: Vec<usize> = (0..mats.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(mats[i].0 * mats[i].1 * mats[i].0.min(mats[i].1)));
+    let mut done: Vec<(usize, std::result::Result<Svd, String>)> = order
+        .into_par_iter()
+        .map(|i| {
+            let (n, m, w) = mats[i];
+            let svd = match method {
+                SvdMethod::Exact => thin_svd(w, n, m),
+                SvdMethod::ExactF64 => crate::svd::thin_svd_f64(w, n, m),
+                SvdMethod::Gram => crate::svd::gram_svd(w, n, m),
+                SvdMethod::Randomized { power_iters, block } => randomized_svd(w, n, m, RsvdOptions { power_iters, block, ..Default::default() }),
+            };
+            (i, svd)
         })
         .collect();
     faer::set_global_parallelism(prev);
-    out
+    done.sort_by_key(|&(i, _)| i);
+    done.into_iter().map(|(_, svd)| svd).collect()
 }
 
 /// Fold every attached low-rank term into its dense weight (in fp32): `W ← W + U diag(s) Vt`.

@@ -103,27 +103,37 @@ pub fn thin_svd_f64(a: &[f32], n: usize, m: usize) -> Result<Svd, String> {
     finish(out)
 }
 
-/// Thin SVD through the Gram matrix in f64: for `n ≥ m`, `G = AᵀA = V Σ² Vᵀ` by a symmetric
-/// eigendecomposition, then `U = A V Σ⁻¹`; directions with `σ ≤ 1e-7·σ_max` get an orthonormal
-/// completion. In f64 the squared condition number costs nothing at f32 output precision for
-/// condition numbers up to ~1e4, and the symmetric eigensolver is several times cheaper than a
-/// bidiagonal SVD. Checked against [`thin_svd_f64`] in the tests and in `cargo xtask bench svd`.
+/// The long-side factor's columns with `σ_j ≥ σ_max / F32_LONG_FACTOR_BELOW` are computed in
+/// f32 by [`gram_svd`]. The f32 product `Xᵀ w_j / σ_j` errs by about `ε_f32·σ_max/σ_j` relative,
+/// so at most `32·ε_f32 ≈ 4e-6` (measured on SmolLM2's 210 targets: orthogonality ≤ 7e-7, against
+/// 1.2–1.6e-6 for `torch.linalg.svd` in fp32); the smaller directions stay in f64.
+pub const F32_LONG_FACTOR_BELOW: f64 = 32.0;
+
+/// Thin SVD through the Gram matrix of the short side in f64. With `r = min(n, m)`, write `A`
+/// (or `Aᵀ` when `n ≥ m`) as `X: [r, l]`; `G = X Xᵀ = W Σ² Wᵀ` by a symmetric eigendecomposition
+/// gives the short-side factor `W`, and the long-side factor is `Xᵀ W Σ⁻¹`. Directions with
+/// `σ ≤ 1e-7·σ_max` get an orthonormal completion. In f64 the squared condition number costs
+/// nothing at f32 output precision for condition numbers up to ~1e4, and the symmetric
+/// eigensolver is several times cheaper than a bidiagonal SVD. The long factor's well-conditioned
+/// columns are multiplied in f32 ([`F32_LONG_FACTOR_BELOW`]), the rest in f64. Checked against
+/// [`thin_svd_f64`] in the tests and in `cargo xtask bench svd`.
 pub fn gram_svd(a: &[f32], n: usize, m: usize) -> Result<Svd, String> {
-    if n < m {
-        return via_transpose(a, n, m, gram_svd);
-    }
-    assert_eq!(a.len(), n * m);
-    // Row-major `A [n, m]` is column-major `Aᵀ [m, n]`: read it contiguously.
-    let at = Mat::<f64>::from_fn(m, n, |i, j| a[j * m + i] as f64);
-    // G = AᵀA = Aᵀ(Aᵀ)ᵀ, lower triangle only: the eigensolver reads no more, and it halves the product.
-    let mut g = Mat::<f64>::zeros(m, m);
+    assert_eq!(a.len(), n * m, "matrix of {n}×{m} needs {} values, got {}", n * m, a.len());
+    let tall = n >= m;
+    let (r, l) = (n.min(m), n.max(m));
+    // Row-major `A [n, m]` is column-major `Aᵀ [m, n]`; both reads below write contiguously.
+    let x = if tall { Mat::<f64>::from_fn(r, l, |i, j| a[j * m + i] as f64) } else { Mat::<f64>::from_fn(r, l, |i, j| a[i * m + j] as f64) };
+    // `Xᵀ [l, r]` in f32, a view of `a` itself.
+    let xt32 = if tall { MatRef::from_column_major_slice(a, m, n).transpose() } else { MatRef::from_column_major_slice(a, m, n) };
+    // G = X Xᵀ, lower triangle only: the eigensolver reads no more, and it halves the product.
+    let mut g = Mat::<f64>::zeros(r, r);
     triangular::matmul(
         g.as_mut(),
         BlockStructure::TriangularLower,
         Accum::Replace,
-        &at,
+        &x,
         BlockStructure::Rectangular,
-        at.transpose(),
+        x.transpose(),
         BlockStructure::Rectangular,
         1.0,
         faer::get_global_parallelism(),
@@ -131,43 +141,67 @@ pub fn gram_svd(a: &[f32], n: usize, m: usize) -> Result<Svd, String> {
     let evd = g.self_adjoint_eigen(faer::Side::Lower).map_err(|e| format!("{e:?}"))?;
     // Eigenvalues ascending → reverse for descending σ.
     let (ev, lam) = (evd.U(), evd.S().column_vector());
-    let sigma: Vec<f64> = (0..m).rev().map(|i| lam[i].max(0.0).sqrt()).collect();
-    let v = Mat::<f64>::from_fn(m, m, |i, j| ev[(i, m - 1 - j)]);
-    // Uᵀ Σ = Vᵀ Aᵀ, `[m, n]` column-major: column i is row i of the row-major `U Σ`.
-    let mut ut = v.transpose() * &at;
+    let sigma: Vec<f64> = (0..r).rev().map(|i| lam[i].max(0.0).sqrt()).collect();
+    let w = Mat::<f64>::from_fn(r, r, |i, j| ev[(i, r - 1 - j)]);
     let tol = 1e-7 * sigma[0].max(f64::MIN_POSITIVE);
     let good = sigma.iter().take_while(|&&s| s > tol).count();
-    for j in 0..good {
-        let inv = 1.0 / sigma[j];
-        for i in 0..n {
-            ut[(j, i)] *= inv;
+    let single = f32_long_columns(&sigma).min(good);
+    let scale = |j: usize| 1.0 / sigma[j];
+    // The long factor `L = Xᵀ W Σ⁻¹ [l, r]`, its first `single` columns in f32, written
+    // row-major (`long[i·r + j] = L(i, j)`: U for a tall matrix) or column-major
+    // (`long[j·l + i]`: Vt for a wide one). Each is computed in the orientation whose result
+    // columns are the contiguous output rows.
+    let (w32, w64) = (Mat::<f32>::from_fn(r, single, |i, j| w[(i, j)] as f32), w.subcols(single, r - single));
+    let mut long = vec![0f32; l * r];
+    if tall {
+        // Lᵀ = Wᵀ X: column i is row i of L.
+        let (p32, p64) = (w32.transpose() * xt32.transpose(), w64.transpose() * &x);
+        for (i, row) in long.chunks_exact_mut(r).enumerate() {
+            let (head, tail) = row.split_at_mut(single);
+            head.iter_mut().zip(p32.col(i).iter()).enumerate().for_each(|(j, (d, &v))| *d = v * scale(j) as f32);
+            tail.iter_mut().zip(p64.col(i).iter()).enumerate().take(good - single).for_each(|(j, (d, &v))| *d = (v * scale(single + j)) as f32);
+        }
+    } else {
+        let (p32, p64) = (xt32 * &w32, x.transpose() * w64);
+        for (j, col) in long.chunks_exact_mut(l).enumerate().take(good) {
+            if j < single {
+                col.iter_mut().zip(p32.col(j).iter()).for_each(|(d, &v)| *d = v * scale(j) as f32);
+            } else {
+                col.iter_mut().zip(p64.col(j - single).iter()).for_each(|(d, &v)| *d = (v * scale(j)) as f32);
+            }
         }
     }
-    if good < m {
-        // Complete the basis for the (numerically) null directions.
-        let mut u = ut.transpose().to_owned();
+    let at = |i: usize, j: usize| if tall { i * r + j } else { j * l + i };
+    if good < r {
+        // Complete the basis for the (numerically) null directions: random columns after the
+        // good ones, orthonormalised; the QR spans the same first `good` columns, so keep those
+        // exactly and take the completion from it.
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x6A4D);
-        for j in good..m {
-            for i in 0..n {
-                u[(i, j)] = StandardNormal.sample(&mut rng);
-            }
-        }
-        let q = u.qr().compute_thin_Q();
-        // Keep the good columns exactly; take the completion from the QR (which spans the same first `good` columns).
-        for j in good..m {
-            for i in 0..n {
-                ut[(j, i)] = q[(i, j)];
+        let full = Mat::<f64>::from_fn(l, r, |i, j| if j < good { long[at(i, j)] as f64 } else { StandardNormal.sample(&mut rng) });
+        let q = full.qr().compute_thin_Q();
+        for j in good..r {
+            for i in 0..l {
+                long[at(i, j)] = q[(i, j)] as f32;
             }
         }
     }
-    let out = Svd {
-        n,
-        m,
-        u: (0..n).flat_map(|i| (0..m).map(move |j| (j, i))).map(|(j, i)| ut[(j, i)] as f32).collect(),
-        s: sigma.iter().map(|&s| s as f32).collect(),
-        vt: (0..m).flat_map(|i| (0..m).map(move |j| (j, i))).map(|(j, i)| v[(j, i)] as f32).collect(),
+    let s = sigma.iter().map(|&s| s as f32).collect();
+    let out = if tall {
+        // U = L, Vt = Wᵀ (row j = column j of W).
+        let vt = (0..r).flat_map(|j| w.col(j).iter().map(|&v| v as f32).collect::<Vec<_>>()).collect();
+        Svd { n, m, u: long, s, vt }
+    } else {
+        // U = W ([n, r] row-major), Vt = Lᵀ.
+        let u = (0..n).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| w[(i, j)] as f32).collect();
+        Svd { n, m, u, s, vt: long }
     };
     finish(out)
+}
+
+/// How many leading columns of the long factor [`gram_svd`] multiplies in f32: those with
+/// `σ_j ≥ σ_max / F32_LONG_FACTOR_BELOW` (`sigma` descending).
+fn f32_long_columns(sigma: &[f64]) -> usize {
+    sigma.iter().take_while(|&&s| s * F32_LONG_FACTOR_BELOW >= sigma[0]).count()
 }
 
 /// Decompose a wide `[n, m]` matrix through its transpose: `Aᵀ = U S Vt` ⇒ `A = V S Uᵀ`.
@@ -435,6 +469,37 @@ mod tests {
                 check_svd(&a, n, m, &thin_svd_f64(&a, n, m).unwrap(), &s, 1e-5);
                 println!("gram {name} {n}×{m}");
                 check_svd(&a, n, m, &gram_svd(&a, n, m).unwrap(), &s, 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn gram_long_factor_mixes_precisions_at_f32_accuracy() {
+        // σ from 1 down to 1e-4: the leading columns (σ ≥ 1/32) take the f32 product, the rest
+        // f64. Against the f64 SVD every column must hold f32 accuracy, as
+        // `torch.linalg.svd` in fp32 does (orthogonality 1.2–1.6e-6 on SmolLM2's targets).
+        assert_eq!(f32_long_columns(&[1.0, 0.5, 1.0 / 32.0, 1.0 / 33.0, 0.0]), 3);
+        for (n, m) in [(96, 96), (160, 64), (64, 160)] {
+            let r = n.min(m);
+            let s: Vec<f32> = (0..r).map(|i| 10f32.powf(-4.0 * i as f32 / (r - 1) as f32)).collect();
+            let single = f32_long_columns(&s.iter().map(|&x| x as f64).collect::<Vec<_>>());
+            assert!(single > 0 && single < r, "both precisions are exercised ({single} of {r})");
+            let a = with_spectrum(n, m, &s, 23);
+            let (g, e) = (gram_svd(&a, n, m).unwrap(), thin_svd_f64(&a, n, m).unwrap());
+            for (i, (x, y)) in g.s.iter().zip(&e.s).enumerate() {
+                assert!((x - y).abs() <= 1e-6 * y.max(1e-3), "σ_{i}: {x} vs {y}");
+            }
+            let u = from_row_major(&g.u, n, r);
+            let vt = from_row_major(&g.vt, r, m);
+            let eye = |x: Mat<f32>| (0..r).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| (x[(i, j)] - if i == j { 1.0 } else { 0.0 }).abs()).fold(0.0f32, f32::max);
+            let (ou, ov) = (eye(u.transpose() * &u), eye(&vt * vt.transpose()));
+            assert!(ou <= 2e-6 && ov <= 2e-6, "{n}×{m}: UᵀU − I {ou:.1e}, VᵀV − I {ov:.1e}");
+            // Each well-separated column equals the f64 one up to sign.
+            let (eu, evt) = (from_row_major(&e.u, n, r), from_row_major(&e.vt, r, m));
+            for j in 0..r {
+                let dot: f32 = (0..n).map(|i| u[(i, j)] * eu[(i, j)]).sum();
+                let dv: f32 = (0..m).map(|i| vt[(j, i)] * evt[(j, i)]).sum();
+                assert!(1.0 - dot.abs() <= 1e-5 && 1.0 - dv.abs() <= 1e-5, "{n}×{m} column {j}: |cos| {dot}, {dv}");
             }
         }
     }
