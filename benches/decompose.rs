@@ -45,6 +45,23 @@ fn main() {
             })
             .fold(0.0, f64::max)
     };
+    // Largest entry of `UᵀU − I` and `Vt Vtᵀ − I` over all matrices, the products in f64.
+    let orthogonality = |svds: &[Result<sculpt_osft::svd::Svd, String>]| -> f64 {
+        let dev = |f: &[f32], rows: usize, cols: usize| {
+            // `f` row-major [rows, cols]: the Gram matrix of its columns against the identity.
+            let x = faer::Mat::<f64>::from_fn(rows, cols, |i, j| f[i * cols + j] as f64);
+            let g = x.transpose() * &x;
+            (0..cols).flat_map(|i| (0..cols).map(move |j| (i, j))).map(|(i, j)| (g[(i, j)] - if i == j { 1.0 } else { 0.0 }).abs()).fold(0.0, f64::max)
+        };
+        svds.iter()
+            .map(|s| {
+                let s = s.as_ref().unwrap();
+                // Vt's rows are its columns' transpose: the Gram matrix of Vtᵀ's columns.
+                let v: Vec<f32> = (0..s.m).flat_map(|j| (0..s.rank()).map(move |i| (i, j))).map(|(i, j)| s.vt[i * s.m + j]).collect();
+                dev(&s.u, s.n, s.rank()).max(dev(&v, s.m, s.rank()))
+            })
+            .fold(0.0, f64::max)
+    };
     let t0 = Instant::now();
     let exact = decompose_all(&refs, SvdMethod::ExactF64);
     let t_exact = t0.elapsed().as_secs_f64();
@@ -77,10 +94,11 @@ fn main() {
         let svds = decompose_all(&refs, method);
         let secs = t0.elapsed().as_secs_f64();
         println!(
-            "{{\"impl\":\"{label}\",\"targets\":{},\"secs\":{secs:.3},\"threads\":{threads},\"max_rel_reconstruction\":{:.2e},\"max_rel_sigma_err\":{:.2e}}}",
+            "{{\"impl\":\"{label}\",\"targets\":{},\"secs\":{secs:.3},\"threads\":{threads},\"max_rel_reconstruction\":{:.2e},\"max_rel_sigma_err\":{:.2e},\"max_orthogonality\":{:.2e}}}",
             refs.len(),
             rel_recon(&svds),
-            sigma_err(&svds)
+            sigma_err(&svds),
+            orthogonality(&svds)
         );
     }
 }
