@@ -47,18 +47,18 @@ fn main() {
     };
     // Largest entry of `UᵀU − I` and `Vt Vtᵀ − I` over all matrices, the products in f64.
     let orthogonality = |svds: &[Result<sculpt_osft::svd::Svd, String>]| -> f64 {
-        let dev = |f: &[f32], rows: usize, cols: usize| {
-            // `f` row-major [rows, cols]: the Gram matrix of its columns against the identity.
-            let x = faer::Mat::<f64>::from_fn(rows, cols, |i, j| f[i * cols + j] as f64);
+        // The largest entry of `xᵀx − I`.
+        let dev = |x: faer::Mat<f64>| {
             let g = x.transpose() * &x;
-            (0..cols).flat_map(|i| (0..cols).map(move |j| (i, j))).map(|(i, j)| (g[(i, j)] - if i == j { 1.0 } else { 0.0 }).abs()).fold(0.0, f64::max)
+            let r = g.nrows();
+            (0..r).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| (g[(i, j)] - if i == j { 1.0 } else { 0.0 }).abs()).fold(0.0, f64::max)
         };
         svds.iter()
             .map(|s| {
-                let s = s.as_ref().unwrap();
-                // Vt's rows are its columns' transpose: the Gram matrix of Vtᵀ's columns.
-                let v: Vec<f32> = (0..s.m).flat_map(|j| (0..s.rank()).map(move |i| (i, j))).map(|(i, j)| s.vt[i * s.m + j]).collect();
-                dev(&s.u, s.n, s.rank()).max(dev(&v, s.m, s.rank()))
+                let (s, r) = (s.as_ref().unwrap(), s.as_ref().unwrap().rank());
+                let u = faer::Mat::<f64>::from_fn(s.n, r, |i, j| s.u[i * r + j] as f64);
+                let v = faer::Mat::<f64>::from_fn(s.m, r, |i, j| s.vt[j * s.m + i] as f64);
+                dev(u).max(dev(v))
             })
             .fold(0.0, f64::max)
     };

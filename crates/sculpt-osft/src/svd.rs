@@ -430,9 +430,14 @@ mod tests {
         // Orthonormal columns of U and rows of Vt.
         let u = from_row_major(&svd.u, n, r);
         let vt = from_row_major(&svd.vt, r, m);
-        let eye_err = |g: Mat<f32>| (0..r).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| (g[(i, j)] - if i == j { 1.0 } else { 0.0 }).abs()).fold(0.0f32, f32::max);
-        assert!(eye_err(u.transpose() * &u) <= 1e-5, "UᵀU − I = {}", eye_err(u.transpose() * &u));
-        assert!(eye_err(&vt * vt.transpose()) <= 1e-5);
+        assert!(identity_error(u.transpose() * &u) <= 1e-5, "UᵀU − I = {}", identity_error(u.transpose() * &u));
+        assert!(identity_error(&vt * vt.transpose()) <= 1e-5);
+    }
+
+    /// The largest entry of `g − I` (`g` square).
+    fn identity_error(g: Mat<f32>) -> f32 {
+        let r = g.nrows();
+        (0..r).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| (g[(i, j)] - if i == j { 1.0 } else { 0.0 }).abs()).fold(0.0f32, f32::max)
     }
 
     fn spectra(r: usize) -> Vec<(&'static str, Vec<f32>)> {
@@ -489,7 +494,7 @@ mod tests {
         // `torch.linalg.svd` in fp32 does (orthogonality up to 2.6e-6 on SmolLM2's targets).
         assert_eq!(f32_long_columns(&[1.0, 0.5, 1.0 / 32.0, 1.0 / 33.0, 0.0]), 3);
         // Shapes above F32_LONG_FACTOR_MIN_WORK, and one below it (f64 throughout).
-        assert!(96 * 64 * 64 < F32_LONG_FACTOR_MIN_WORK && 160 * 160 * 160 >= F32_LONG_FACTOR_MIN_WORK && 256 * 128 * 128 >= F32_LONG_FACTOR_MIN_WORK);
+        const { assert!(96 * 64 * 64 < F32_LONG_FACTOR_MIN_WORK && 160 * 160 * 160 >= F32_LONG_FACTOR_MIN_WORK && 256 * 128 * 128 >= F32_LONG_FACTOR_MIN_WORK) };
         for (n, m) in [(160, 160), (256, 128), (128, 256), (96, 64)] {
             let r = n.min(m);
             let s: Vec<f32> = (0..r).map(|i| 10f32.powf(-4.0 * i as f32 / (r - 1) as f32)).collect();
@@ -502,8 +507,7 @@ mod tests {
             }
             let u = from_row_major(&g.u, n, r);
             let vt = from_row_major(&g.vt, r, m);
-            let eye = |x: Mat<f32>| (0..r).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| (x[(i, j)] - if i == j { 1.0 } else { 0.0 }).abs()).fold(0.0f32, f32::max);
-            let (ou, ov) = (eye(u.transpose() * &u), eye(&vt * vt.transpose()));
+            let (ou, ov) = (identity_error(u.transpose() * &u), identity_error(&vt * vt.transpose()));
             assert!(ou <= 2e-6 && ov <= 2e-6, "{n}×{m}: UᵀU − I {ou:.1e}, VᵀV − I {ov:.1e}");
             // Each well-separated column equals the f64 one up to sign.
             let (eu, evt) = (from_row_major(&e.u, n, r), from_row_major(&e.vt, r, m));
