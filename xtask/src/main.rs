@@ -166,12 +166,12 @@ fn bench_svd(rest: &[String]) -> Result<(), String> {
     // median per method (one pair's ratio moves with whatever else the machine runs).
     // `--methods gram,exact,randomized` (the decompose bench's default: all) picks sculpt's rows.
     let repeat: usize = flag(rest, "--repeat", "1").parse().map_err(|e| format!("--repeat: expected a count of pairs ({e})"))?;
+    let methods = flag(rest, "--methods", "");
     let mut ratios: Vec<(String, Vec<f64>)> = vec![];
     for pair in 1..=repeat.max(1) {
         let mut args: Vec<&std::ffi::OsStr> = vec!["--model".as_ref(), gguf.as_os_str()];
-        if let Some(w) = rest.windows(2).find(|w| w[0] == "--methods") {
-            args.push("--methods".as_ref());
-            args.push(w[1].as_ref());
+        if !methods.is_empty() {
+            args.extend(["--methods".as_ref(), methods.as_ref()] as [&std::ffi::OsStr; 2]);
         }
         let lines = cargo_bench("decompose", &args, &threads)?;
         for l in &lines {

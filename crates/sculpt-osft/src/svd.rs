@@ -154,7 +154,7 @@ pub fn gram_svd(a: &[f32], n: usize, m: usize) -> Result<Svd, String> {
     let w = Mat::<f64>::from_fn(r, r, |i, j| ev[(i, r - 1 - j)]);
     let tol = 1e-7 * sigma[0].max(f64::MIN_POSITIVE);
     let good = sigma.iter().take_while(|&&s| s > tol).count();
-    let single = if l * r * r >= F32_LONG_FACTOR_MIN_WORK { f32_long_columns(&sigma).min(good) } else { 0 };
+    let single = f32_long_columns(&sigma, l, r).min(good);
     let scale = |j: usize| 1.0 / sigma[j];
     // The long factor `L = Xᵀ W Σ⁻¹ [l, r]`, its first `single` columns in f32, written
     // row-major (`long[i·r + j] = L(i, j)`: U for a tall matrix) or column-major
@@ -207,9 +207,13 @@ pub fn gram_svd(a: &[f32], n: usize, m: usize) -> Result<Svd, String> {
     finish(out)
 }
 
-/// How many leading columns of the long factor [`gram_svd`] multiplies in f32: those with
-/// `σ_j ≥ σ_max / F32_LONG_FACTOR_BELOW` (`sigma` descending).
-fn f32_long_columns(sigma: &[f64]) -> usize {
+/// How many leading columns of the `[l, r]` long factor [`gram_svd`] multiplies in f32: those
+/// with `σ_j ≥ σ_max / F32_LONG_FACTOR_BELOW` (`sigma` descending), none when the product has
+/// fewer than [`F32_LONG_FACTOR_MIN_WORK`] multiply-adds.
+fn f32_long_columns(sigma: &[f64], l: usize, r: usize) -> usize {
+    if l * r * r < F32_LONG_FACTOR_MIN_WORK {
+        return 0;
+    }
     sigma.iter().take_while(|&&s| s * F32_LONG_FACTOR_BELOW >= sigma[0]).count()
 }
 
@@ -492,14 +496,17 @@ mod tests {
         // σ from 1 down to 1e-4: the leading columns (σ ≥ 1/32) take the f32 product, the rest
         // f64. Against the f64 SVD every column must hold f32 accuracy, as
         // `torch.linalg.svd` in fp32 does (orthogonality up to 2.6e-6 on SmolLM2's targets).
-        assert_eq!(f32_long_columns(&[1.0, 0.5, 1.0 / 32.0, 1.0 / 33.0, 0.0]), 3);
-        // Shapes above F32_LONG_FACTOR_MIN_WORK, and one below it (f64 throughout).
-        const { assert!(96 * 64 * 64 < F32_LONG_FACTOR_MIN_WORK && 160 * 160 * 160 >= F32_LONG_FACTOR_MIN_WORK && 256 * 128 * 128 >= F32_LONG_FACTOR_MIN_WORK) };
-        for (n, m) in [(160, 160), (256, 128), (128, 256), (96, 64)] {
+        assert_eq!(f32_long_columns(&[1.0, 0.5, 1.0 / 32.0, 1.0 / 33.0, 0.0], 128, 128), 3);
+        // Shapes above F32_LONG_FACTOR_MIN_WORK (both precisions), and one below it (f64 throughout).
+        for (n, m, mixed) in [(160, 160, true), (256, 128, true), (128, 256, true), (96, 64, false)] {
             let r = n.min(m);
             let s: Vec<f32> = (0..r).map(|i| 10f32.powf(-4.0 * i as f32 / (r - 1) as f32)).collect();
-            let single = f32_long_columns(&s.iter().map(|&x| x as f64).collect::<Vec<_>>());
-            assert!(single > 0 && single < r, "both precisions would be exercised ({single} of {r})");
+            let single = f32_long_columns(&s.iter().map(|&x| x as f64).collect::<Vec<_>>(), n.max(m), r);
+            if mixed {
+                assert!(single > 0 && single < r, "{n}×{m}: both precisions are exercised ({single} of {r})");
+            } else {
+                assert_eq!(single, 0, "{n}×{m}: below the work threshold, f64 throughout");
+            }
             let a = with_spectrum(n, m, &s, 23);
             let (g, e) = (gram_svd(&a, n, m).unwrap(), thin_svd_f64(&a, n, m).unwrap());
             for (i, (x, y)) in g.s.iter().zip(&e.s).enumerate() {
