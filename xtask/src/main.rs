@@ -169,9 +169,9 @@ fn bench_svd(rest: &[String]) -> Result<(), String> {
     // `--repeat N`: N pairs, sculpt then torch, one after the other; each pair's ratio, then the
     // median per method (one pair's ratio moves with whatever else the machine runs).
     // `--methods gram,exact,randomized` (the decompose bench's default: all) picks sculpt's rows.
-    let repeat: usize = flag(rest, "--repeat", "1").parse().map_err(|e| format!("--repeat: expected a count of pairs ({e})"))?;
+    let repeat = pairs(rest)?;
     let methods = flag(rest, "--methods", "");
-    let mut ratios: Vec<(String, Vec<f64>)> = vec![];
+    let mut ratios = Ratios::default();
     for pair in 1..=repeat.max(1) {
         let mut args: Vec<&std::ffi::OsStr> = vec!["--model".as_ref(), gguf.as_os_str()];
         if !methods.is_empty() {
@@ -191,19 +191,12 @@ fn bench_svd(rest: &[String]) -> Result<(), String> {
                 let name = &l[start + 8..];
                 let name = name[..name.find('"').unwrap_or(name.len())].to_string();
                 println!("pair {pair}: decompose 210 SmolLM2 targets, {threads} threads: {name} {secs:.2} s vs torch.linalg.svd {t:.2} s = {:.2}× faster", t / secs);
-                match ratios.iter_mut().find(|(n, _)| *n == name) {
-                    Some((_, r)) => r.push(t / secs),
-                    None => ratios.push((name, vec![t / secs])),
-                }
+                ratios.record(&name, t / secs);
             }
         }
     }
     if repeat > 1 {
-        for (name, r) in ratios {
-            let n = r.len();
-            let (m, all) = median(r);
-            println!("{name}: median {m:.2}× faster than torch.linalg.svd over {n} pairs ({all})");
-        }
+        ratios.print_medians("× faster than torch.linalg.svd");
     }
     Ok(())
 }
@@ -218,17 +211,13 @@ fn bench_step(rest: &[String]) -> Result<(), String> {
     let threads = flag(rest, "--threads", &std::thread::available_parallelism().map_or(1, |n| n.get()).to_string());
     let (batch, seq, steps) = (flag(rest, "--batch", "4"), flag(rest, "--seq", "128"), flag(rest, "--steps", "2"));
     let accumulate = flag(rest, "--accumulate", "8");
-    let repeat: usize = flag(rest, "--repeat", "1").parse().map_err(|e| format!("--repeat: expected a count of pairs ({e})"))?;
+    let repeat = pairs(rest)?;
     let args: Vec<&std::ffi::OsStr> =
         vec!["--model".as_ref(), gguf.as_os_str(), "--batch".as_ref(), batch.as_ref(), "--seq".as_ref(), seq.as_ref(), "--steps".as_ref(), steps.as_ref()];
     // The line whose `"impl"` is exactly `name` (Rust prints `"impl":"x"`, Python's json `"impl": "x"`).
     let line = |lines: &[String], name: &str| lines.iter().find(|l| l.replace("\": \"", "\":\"").contains(&format!("\"impl\":\"{name}\""))).cloned();
     let get = |lines: &[String], name: &str| line(lines, name).and_then(|l| number(&l, "s_per_step"));
-    let mut ratios: Vec<(&'static str, Vec<f64>)> = vec![];
-    let mut record = |label: &'static str, x: f64| match ratios.iter_mut().find(|(l, _)| *l == label) {
-        Some((_, v)) => v.push(x),
-        None => ratios.push((label, vec![x])),
-    };
+    let mut ratios = Ratios::default();
     for pair in 1..=repeat.max(1) {
         let mut sculpt_args = args.clone();
         sculpt_args.extend(["--accumulate".as_ref(), accumulate.as_ref()] as [&std::ffi::OsStr; 2]);
@@ -238,7 +227,7 @@ fn bench_step(rest: &[String]) -> Result<(), String> {
         }
         if let (Some(full), Some(osft)) = (get(&lines, "sculpt-full"), get(&lines, "sculpt-osft")) {
             println!("pair {pair}: train step, SmolLM2-135M, batch {batch} × seq {seq}: OSFT {osft:.2} s vs plain full FT {full:.2} s = {:.2}× (goal ≤ 1.15×)", osft / full);
-            record("sculpt OSFT step / sculpt plain step (goal ≤ 1.15)", osft / full);
+            ratios.record("sculpt OSFT step / sculpt plain step (goal ≤ 1.15)", osft / full);
             let frac = |name: &str| line(&lines, name).and_then(|l| number(&l, "projection_fraction"));
             if let (Some(p), Some(b)) = (frac("sculpt-osft"), line(&lines, "sculpt-osft").and_then(|l| number(&l, "busy_cores"))) {
                 println!("projections {:.1} % of the OSFT step at {} tokens (goal ≤ 3 %); {b:.2} cores busy on average", 100.0 * p, batch.parse::<usize>().unwrap_or(0) * seq.parse::<usize>().unwrap_or(0));
@@ -280,30 +269,72 @@ fn bench_step(rest: &[String]) -> Result<(), String> {
                 tp / so,
                 tp / tf
             );
-            record("sculpt plain step vs PyTorch (tokens/s)", tf / sf);
-            record("sculpt OSFT vs PEFT OSF, k = R/2 (tokens/s, goal ≥ 1)", tp / so);
+            ratios.record("sculpt plain step vs PyTorch (tokens/s)", tf / sf);
+            ratios.record("sculpt OSFT vs PEFT OSF, k = R/2 (tokens/s, goal ≥ 1)", tp / so);
         }
         if let (Some(tp8), Some(s8)) = (get(&torch, "peft-osf-0.8"), get(&lines, "sculpt-k0.8-complement")) {
             println!("pair {pair}: tokens/s vs PEFT OSF preserving 0.8 R: sculpt (bases auto) {:.2}×", tp8 / s8);
-            record("sculpt OSFT vs PEFT OSF, k = 0.8 R (tokens/s)", tp8 / s8);
+            ratios.record("sculpt OSFT vs PEFT OSF, k = 0.8 R (tokens/s)", tp8 / s8);
         }
     }
     if repeat > 1 {
-        for (label, r) in ratios {
-            let n = r.len();
-            let (m, all) = median(r);
-            println!("{label}: median {m:.2} over {n} pairs ({all})");
-        }
+        ratios.print_medians("");
     }
     Ok(())
 }
 
-/// The median of `r` and all of them, sorted, as text.
-fn median(mut r: Vec<f64>) -> (f64, String) {
-    r.sort_by(f64::total_cmp);
-    let all: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
-    let m = if r.len() % 2 == 1 { r[r.len() / 2] } else { (r[r.len() / 2 - 1] + r[r.len() / 2]) / 2.0 };
-    (m, all.join(", "))
+/// `--repeat N`: how many pairs (sculpt, then the reference) a bench runs; 1 by default.
+fn pairs(rest: &[String]) -> Result<usize, String> {
+    flag(rest, "--repeat", "1").parse().map_err(|e| format!("--repeat: expected a count of pairs ({e})"))
+}
+
+/// Each pair's ratio per label, labels in the order first seen.
+#[derive(Default)]
+struct Ratios(Vec<(String, Vec<f64>)>);
+
+impl Ratios {
+    fn record(&mut self, label: &str, x: f64) {
+        match self.0.iter_mut().find(|(l, _)| l == label) {
+            Some((_, v)) => v.push(x),
+            None => self.0.push((label.to_string(), vec![x])),
+        }
+    }
+
+    /// One line per label: the median (followed by `unit`), the count and every ratio, sorted.
+    fn print_medians(self, unit: &str) {
+        for (label, mut r) in self.0 {
+            r.sort_by(f64::total_cmp);
+            let all: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
+            println!("{label}: median {:.2}{unit} over {} pairs ({})", median(&r), r.len(), all.join(", "));
+        }
+    }
+}
+
+/// The median of sorted, non-empty `r`.
+fn median(r: &[f64]) -> f64 {
+    let n = r.len();
+    if n % 2 == 1 {
+        r[n / 2]
+    } else {
+        (r[n / 2 - 1] + r[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_keep_labels_in_order_and_median_is_the_middle() {
+        let mut r = Ratios::default();
+        for (label, x) in [("a", 3.0), ("b", 1.0), ("a", 1.0), ("a", 2.0), ("b", 5.0)] {
+            r.record(label, x);
+        }
+        assert_eq!(r.0, vec![("a".to_string(), vec![3.0, 1.0, 2.0]), ("b".to_string(), vec![1.0, 5.0])]);
+        assert_eq!(median(&[1.0, 2.0, 3.0]), 2.0);
+        assert_eq!(median(&[1.0, 5.0]), 3.0);
+        assert_eq!(median(&[4.0]), 4.0);
+    }
 }
 
 /// The `sculpt` binary named by `--bin`, or one built here with the features `backends` need.
