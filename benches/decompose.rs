@@ -46,22 +46,7 @@ fn main() {
             .fold(0.0, f64::max)
     };
     // Largest entry of `UᵀU − I` and `Vt Vtᵀ − I` over all matrices, the products in f64.
-    let orthogonality = |svds: &[Result<sculpt_osft::svd::Svd, String>]| -> f64 {
-        // The largest entry of `xᵀx − I`.
-        let dev = |x: faer::Mat<f64>| {
-            let g = x.transpose() * &x;
-            let r = g.nrows();
-            (0..r).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| (g[(i, j)] - if i == j { 1.0 } else { 0.0 }).abs()).fold(0.0, f64::max)
-        };
-        svds.iter()
-            .map(|s| {
-                let (s, r) = (s.as_ref().unwrap(), s.as_ref().unwrap().rank());
-                let u = faer::Mat::<f64>::from_fn(s.n, r, |i, j| s.u[i * r + j] as f64);
-                let v = faer::Mat::<f64>::from_fn(s.m, r, |i, j| s.vt[j * s.m + i] as f64);
-                dev(u).max(dev(v))
-            })
-            .fold(0.0, f64::max)
-    };
+    let orthogonality = |svds: &[Result<sculpt_osft::svd::Svd, String>]| -> f64 { svds.iter().map(|s| s.as_ref().unwrap().orthogonality_error()).fold(0.0, f64::max) };
     let t0 = Instant::now();
     let exact = decompose_all(&refs, SvdMethod::ExactF64);
     let t_exact = t0.elapsed().as_secs_f64();

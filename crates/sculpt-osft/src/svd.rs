@@ -45,6 +45,22 @@ impl Svd {
         self.s.len()
     }
 
+    /// The largest entry of `UᵀU − I` and of `Vt Vtᵀ − I`, the products in f64: how far the
+    /// factors are from orthonormal (`cargo xtask bench svd`'s `max_orthogonality`).
+    pub fn orthogonality_error(&self) -> f64 {
+        let r = self.rank();
+        // Both factors as `[len, r]` with orthonormal columns: U, and V (the transpose of Vt).
+        let u = Mat::<f64>::from_fn(self.n, r, |i, j| self.u[i * r + j] as f64);
+        let v = Mat::<f64>::from_fn(self.m, r, |i, j| self.vt[j * self.m + i] as f64);
+        [u, v]
+            .iter()
+            .map(|q| {
+                let g = q.transpose() * q;
+                (0..r).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| (g[(i, j)] - if i == j { 1.0 } else { 0.0 }).abs()).fold(0.0, f64::max)
+            })
+            .fold(0.0, f64::max)
+    }
+
     /// `U diag(s) Vt` as a row-major `[n, m]` matrix.
     pub fn reconstruct(&self) -> Vec<f32> {
         let r = self.rank();
@@ -432,16 +448,8 @@ mod tests {
         let den: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt().max(1e-30);
         assert!(num / den <= 1e-5, "reconstruction error {}", num / den);
         // Orthonormal columns of U and rows of Vt.
-        let u = from_row_major(&svd.u, n, r);
-        let vt = from_row_major(&svd.vt, r, m);
-        assert!(identity_error(u.transpose() * &u) <= 1e-5, "UᵀU − I = {}", identity_error(u.transpose() * &u));
-        assert!(identity_error(&vt * vt.transpose()) <= 1e-5);
-    }
-
-    /// The largest entry of `g − I` (`g` square).
-    fn identity_error(g: Mat<f32>) -> f32 {
-        let r = g.nrows();
-        (0..r).flat_map(|i| (0..r).map(move |j| (i, j))).map(|(i, j)| (g[(i, j)] - if i == j { 1.0 } else { 0.0 }).abs()).fold(0.0f32, f32::max)
+        let orth = svd.orthogonality_error();
+        assert!(orth <= 1e-5, "UᵀU − I / Vt Vtᵀ − I = {orth:.1e}");
     }
 
     fn spectra(r: usize) -> Vec<(&'static str, Vec<f32>)> {
@@ -512,10 +520,9 @@ mod tests {
             for (i, (x, y)) in g.s.iter().zip(&e.s).enumerate() {
                 assert!((x - y).abs() <= 1e-6 * y.max(1e-3), "σ_{i}: {x} vs {y}");
             }
-            let u = from_row_major(&g.u, n, r);
-            let vt = from_row_major(&g.vt, r, m);
-            let (ou, ov) = (identity_error(u.transpose() * &u), identity_error(&vt * vt.transpose()));
-            assert!(ou <= 2e-6 && ov <= 2e-6, "{n}×{m}: UᵀU − I {ou:.1e}, VᵀV − I {ov:.1e}");
+            let orth = g.orthogonality_error();
+            assert!(orth <= 2e-6, "{n}×{m}: UᵀU − I / VᵀV − I {orth:.1e}");
+            let (u, vt) = (from_row_major(&g.u, n, r), from_row_major(&g.vt, r, m));
             // Each well-separated column equals the f64 one up to sign.
             let (eu, evt) = (from_row_major(&e.u, n, r), from_row_major(&e.vt, r, m));
             for j in 0..r {
