@@ -163,7 +163,8 @@ pub fn parameter_shapes(model: &Path) -> Result<(serde_json::Value, BTreeMap<Str
 /// keeps about `6d + 4·q + 3·kv + 4i + 3·H·s` — it saves ≈ 13 % of the peak there, not the
 /// activations of whole blocks. T5 blocks are counted the same way (encoder with
 /// self-attention; decoder with self- and cross-attention). The output head adds `3·V` per
-/// token (logits, log-softmax, its gradient).
+/// token (the logits, their gradient, and one temporary of the loss: on the CPU the fused
+/// cross-entropy keeps no log-softmax, other backends do).
 ///
 /// Per-block checkpointing (`"blocks"`) keeps each block's input (`d` per token and layer; T5
 /// also the encoder output and its gradient) plus, at the peak, the gradient flowing between
