@@ -1,13 +1,15 @@
 //! Training losses exactly as transformers computes them: mean token cross-entropy over the
 //! labels that are not `IGNORE_INDEX`.
 //!
-//! On the CPU backend (`Flex`, with or without autodiff) the cross-entropy is one fused
-//! operation ([`fused`]): the forward keeps only the logits and one log-sum-exp per row, and the
-//! backward writes `softmax − one-hot` in one pass. Composed from tensor ops, the same loss
-//! allocates a dozen `[tokens, vocab]` tensors per call (log-softmax, its exponentials, the
-//! scatter of the gathered gradient, and their recomputation in the backward pass), which on
-//! the CPU cost more in fresh pages than in arithmetic. Other backends use the composed form;
-//! both give the same loss and gradient to fp32 rounding (tests below).
+//! On burn's CPU backend (`Flex`, with or without autodiff), and on its wgpu and cuda backends
+//! when this crate's features of those names are on, the cross-entropy is one fused operation
+//! ([`fused`]): the forward keeps only the logits and one log-sum-exp per row, and the backward
+//! writes `softmax − one-hot` in one pass. Composed from tensor ops, the same loss allocates a
+//! dozen `[tokens, vocab]` tensors per call (log-softmax, its exponentials, the scatter of the
+//! gathered gradient, and their recomputation in the backward pass), which on the CPU cost more
+//! in fresh pages than in arithmetic. Any other backend uses the composed form; both give the
+//! same loss and gradient to fp32 rounding (tests below; `cargo xtask parity` compares the
+//! wgpu backend's with the CPU's).
 
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, Flex};
@@ -33,6 +35,20 @@ pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>
     try_fused!(Autodiff<Flex>, fused::autodiff);
     try_fused!(Autodiff<Flex, BalancedCheckpointing>, fused::autodiff);
     try_fused!(Flex, |z, l| fused::forward(z, l).0);
+    #[cfg(feature = "wgpu")]
+    {
+        use burn::backend::Wgpu;
+        try_fused!(Autodiff<Wgpu>, fused::autodiff);
+        try_fused!(Autodiff<Wgpu, BalancedCheckpointing>, fused::autodiff);
+        try_fused!(Wgpu, |z, l| fused::forward(z, l).0);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use burn::backend::Cuda;
+        try_fused!(Autodiff<Cuda>, fused::autodiff);
+        try_fused!(Autodiff<Cuda, BalancedCheckpointing>, fused::autodiff);
+        try_fused!(Cuda, |z, l| fused::forward(z, l).0);
+    }
     composed_cross_entropy(args.0, args.1)
 }
 
