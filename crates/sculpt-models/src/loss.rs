@@ -24,7 +24,15 @@ pub const IGNORE_INDEX: i64 = -100;
 /// With no counted label the result is 0 (not NaN).
 pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Tensor<B, 1> {
     let mut args = (logits, labels);
+    // The fused operation on backend `$x`: with autodiff (either checkpointing strategy) or without.
     macro_rules! try_fused {
+        ($x:ty) => {
+            for_type!(Autodiff<$x>, fused::autodiff);
+            for_type!(Autodiff<$x, BalancedCheckpointing>, fused::autodiff);
+            for_type!($x, |z, l| fused::forward(z, l).0);
+        };
+    }
+    macro_rules! for_type {
         ($t:ty, $f:expr) => {
             match fused::on::<B, $t>(args, $f) {
                 Ok(loss) => return loss,
@@ -32,23 +40,11 @@ pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>
             }
         };
     }
-    try_fused!(Autodiff<Flex>, fused::autodiff);
-    try_fused!(Autodiff<Flex, BalancedCheckpointing>, fused::autodiff);
-    try_fused!(Flex, |z, l| fused::forward(z, l).0);
+    try_fused!(Flex);
     #[cfg(feature = "wgpu")]
-    {
-        use burn::backend::Wgpu;
-        try_fused!(Autodiff<Wgpu>, fused::autodiff);
-        try_fused!(Autodiff<Wgpu, BalancedCheckpointing>, fused::autodiff);
-        try_fused!(Wgpu, |z, l| fused::forward(z, l).0);
-    }
+    try_fused!(burn::backend::Wgpu);
     #[cfg(feature = "cuda")]
-    {
-        use burn::backend::Cuda;
-        try_fused!(Autodiff<Cuda>, fused::autodiff);
-        try_fused!(Autodiff<Cuda, BalancedCheckpointing>, fused::autodiff);
-        try_fused!(Cuda, |z, l| fused::forward(z, l).0);
-    }
+    try_fused!(burn::backend::Cuda);
     composed_cross_entropy(args.0, args.1)
 }
 
