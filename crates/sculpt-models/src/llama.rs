@@ -245,42 +245,63 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
-/// Rotary embedding tables for positions `offset..offset + s`: `(cos, sin)` each `[1, 1, s, head_dim]`.
-fn rope_tables<B: Backend>(cfg: &LlamaConfig, offset: usize, s: usize, device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    let inv = cfg.inv_freq();
-    let d = cfg.head_dim;
-    let mut cos = Vec::with_capacity(s * d);
-    let mut sin = Vec::with_capacity(s * d);
-    for p in offset..offset + s {
-        // emb = cat(freqs, freqs), as transformers' rotate_half convention.
-        for half in 0..2 {
-            let _ = half;
-            for &f in &inv {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
-    }
-    (
-        Tensor::from_data(TensorData::new(cos, [1, 1, s, d]), device),
-        Tensor::from_data(TensorData::new(sin, [1, 1, s, d]), device),
-    )
+/// Rotary embedding tables for positions `offset..offset + s`, laid out for [`apply_rope`]:
+/// `cos`/`sin` as `[1, s·heads·head_dim]`, each position's row repeated for every head, once for
+/// the query heads and once for the key/value heads.
+///
+/// The layout is chosen for the CPU backend: a `[b, n] ⊙ [1, n]` product is one of burn-flex's
+/// contiguous broadcast patterns, while `[b, h, s, d] ⊙ [1, 1, s, d]` on the heads-first view (or
+/// `[b, s, h, d] ⊙ [1, s, 1, d]`) goes through its strided element iterator. On a 2 × 128-token
+/// SmolLM2 shard (9 query heads), forward and backward, the query RoPE went from 6.0–7.9 ms to
+/// 2.4–3.0 ms over four runs of `cargo run -p sculpt-models [--release] --example rope`, with
+/// identical values and gradients. The repeated tables cost `2·s·(heads + kv_heads)·head_dim`
+/// floats per forward, shared by all blocks: 0.2 GB for LLaMA-2-7B at 4096 tokens.
+#[derive(Clone, Debug)]
+pub(crate) struct RopeTables<B: Backend> {
+    /// `(cos, sin)` for the query heads, each `[1, s·heads·head_dim]`.
+    q: (Tensor<B, 2>, Tensor<B, 2>),
+    /// `(cos, sin)` for the key/value heads, each `[1, s·kv_heads·head_dim]`.
+    kv: (Tensor<B, 2>, Tensor<B, 2>),
 }
 
-/// `x * cos + rotate_half(x) * sin`, `rotate_half([x1, x2]) = [-x2, x1]` over the last dim.
-fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, h, s, d] = x.dims();
-    let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..d / 2]);
-    let x2 = x.clone().slice([0..b, 0..h, 0..s, d / 2..d]);
+fn rope_tables<B: Backend>(cfg: &LlamaConfig, offset: usize, s: usize, device: &B::Device) -> RopeTables<B> {
+    let inv = cfg.inv_freq();
+    let d = cfg.head_dim;
+    // One position's `d` angles: emb = cat(freqs, freqs), as transformers' rotate_half convention.
+    let angles = |p: usize| inv.iter().chain(inv.iter()).map(move |&f| p as f32 * f);
+    let table = |heads: usize| {
+        let (mut cos, mut sin) = (Vec::with_capacity(s * heads * d), Vec::with_capacity(s * heads * d));
+        for p in offset..offset + s {
+            for _ in 0..heads {
+                for a in angles(p) {
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+        let n = s * heads * d;
+        (Tensor::from_data(TensorData::new(cos, [1, n]), device), Tensor::from_data(TensorData::new(sin, [1, n]), device))
+    };
+    RopeTables { q: table(cfg.num_attention_heads), kv: table(cfg.num_key_value_heads) }
+}
+
+/// RoPE on a projection's output `x: [b, s, heads·d]`, returned heads-first `[b, heads, s, d]`:
+/// `x ⊙ cos + rotate_half(x) ⊙ sin` per head, `rotate_half([x1, x2]) = [−x2, x1]` over `d`.
+fn apply_rope<B: Backend>(x: Tensor<B, 3>, heads: usize, d: usize, (cos, sin): &(Tensor<B, 2>, Tensor<B, 2>)) -> Tensor<B, 4> {
+    let [b, s, _] = x.dims();
+    let x = x.reshape([b, s, heads, d]);
+    let x1 = x.clone().slice([0..b, 0..s, 0..heads, 0..d / 2]);
+    let x2 = x.clone().slice([0..b, 0..s, 0..heads, d / 2..d]);
     let rot = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone() + rot * sin.clone()
+    let n = s * heads * d;
+    let out = x.reshape([b, n]) * cos.clone() + rot.reshape([b, n]) * sin.clone();
+    out.reshape([b, s, heads, d]).swap_dims(1, 2)
 }
 
 /// The per-forward inputs every block shares (see [`Llama::block_context`]).
 #[derive(Clone, Debug)]
 pub struct LlamaBlockContext<B: Backend> {
-    rope: (Tensor<B, 4>, Tensor<B, 4>),
+    rope: RopeTables<B>,
     bias: Tensor<B, 4>,
 }
 
@@ -350,7 +371,7 @@ impl<B: Backend> LlamaAttention<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &(Tensor<B, 4>, Tensor<B, 4>),
+        rope: &RopeTables<B>,
         bias: &Tensor<B, 4>,
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
@@ -358,8 +379,8 @@ impl<B: Backend> LlamaAttention<B> {
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let split = |t: Tensor<B, 3>, heads: usize| t.reshape([b, s, heads, d]).swap_dims(1, 2);
         let x = self.q_proj.compute_input(x);
-        let q = apply_rope(split(self.q_proj.forward(x.clone()), h), &rope.0, &rope.1);
-        let mut k = apply_rope(split(self.k_proj.forward(x.clone()), kvh), &rope.0, &rope.1);
+        let q = apply_rope(self.q_proj.forward(x.clone()), h, d, &rope.q);
+        let mut k = apply_rope(self.k_proj.forward(x.clone()), kvh, d, &rope.kv);
         let mut v = split(self.v_proj.forward(x), kvh);
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.take() {
@@ -397,7 +418,7 @@ impl<B: Backend> LlamaLayer<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &(Tensor<B, 4>, Tensor<B, 4>),
+        rope: &RopeTables<B>,
         bias: &Tensor<B, 4>,
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
