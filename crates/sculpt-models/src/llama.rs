@@ -255,7 +255,8 @@ impl<B: Backend> KvCache<B> {
 /// SmolLM2 shard (9 query heads), forward and backward, the query RoPE went from 6.0–7.9 ms to
 /// 2.4–3.0 ms over four runs of `cargo run -p sculpt-models [--release] --example rope`, with
 /// identical values and gradients. The repeated tables cost `2·s·(heads + kv_heads)·head_dim`
-/// floats per forward, shared by all blocks: 0.2 GB for LLaMA-2-7B at 4096 tokens.
+/// floats per forward, shared by all blocks: 0.27 GB for LLaMA-2-7B (32 key/value heads) at
+/// 4096 tokens.
 #[derive(Clone, Debug)]
 pub(crate) struct RopeTables<B: Backend> {
     /// `(cos, sin)` for the query heads, each `[1, s·heads·head_dim]`.

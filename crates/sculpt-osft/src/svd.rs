@@ -147,7 +147,11 @@ pub fn gram_svd(a: &[f32], n: usize, m: usize) -> Result<Svd, String> {
     let tall = n >= m;
     let (r, l) = (n.min(m), n.max(m));
     // Row-major `A [n, m]` is column-major `Aᵀ [m, n]`; both reads below write contiguously.
-    let x = if tall { Mat::<f64>::from_fn(r, l, |i, j| a[j * m + i] as f64) } else { Mat::<f64>::from_fn(r, l, |i, j| a[i * m + j] as f64) };
+    // `X [r, l]` in f64, filled column by column from contiguous runs of `a`: owned as `X` for a
+    // tall matrix (its column j is row j of `A`), as `Xᵀ` for a wide one (column i of `Xᵀ` is row
+    // i of `A`), and viewed as `X` either way.
+    let x_owned = if tall { Mat::<f64>::from_fn(r, l, |i, j| a[j * m + i] as f64) } else { Mat::<f64>::from_fn(l, r, |j, i| a[i * m + j] as f64) };
+    let x = if tall { x_owned.as_ref() } else { x_owned.transpose() };
     // `Xᵀ [l, r]` in f32, a view of `a` itself.
     let xt32 = if tall { MatRef::from_column_major_slice(a, m, n).transpose() } else { MatRef::from_column_major_slice(a, m, n) };
     // G = X Xᵀ, lower triangle only: the eigensolver reads no more, and it halves the product.
@@ -156,7 +160,7 @@ pub fn gram_svd(a: &[f32], n: usize, m: usize) -> Result<Svd, String> {
         g.as_mut(),
         BlockStructure::TriangularLower,
         Accum::Replace,
-        &x,
+        x,
         BlockStructure::Rectangular,
         x.transpose(),
         BlockStructure::Rectangular,
@@ -171,7 +175,8 @@ pub fn gram_svd(a: &[f32], n: usize, m: usize) -> Result<Svd, String> {
     let tol = 1e-7 * sigma[0].max(f64::MIN_POSITIVE);
     let good = sigma.iter().take_while(|&&s| s > tol).count();
     let single = f32_long_columns(&sigma, l, r).min(good);
-    let scale = |j: usize| 1.0 / sigma[j];
+    let inv: Vec<f64> = sigma.iter().map(|&s| 1.0 / s).collect();
+    let inv32: Vec<f32> = inv.iter().map(|&v| v as f32).collect();
     // The long factor `L = Xᵀ W Σ⁻¹ [l, r]`, its first `single` columns in f32, written
     // row-major (`long[i·r + j] = L(i, j)`: U for a tall matrix) or column-major
     // (`long[j·l + i]`: Vt for a wide one). Each is computed in the orientation whose result
@@ -180,19 +185,21 @@ pub fn gram_svd(a: &[f32], n: usize, m: usize) -> Result<Svd, String> {
     let mut long = vec![0f32; l * r];
     if tall {
         // Lᵀ = Wᵀ X: column i is row i of L.
-        let (p32, p64) = (w32.transpose() * xt32.transpose(), w64.transpose() * &x);
+        let (p32, p64) = (w32.transpose() * xt32.transpose(), w64.transpose() * x);
         for (i, row) in long.chunks_exact_mut(r).enumerate() {
             let (head, tail) = row.split_at_mut(single);
-            head.iter_mut().zip(p32.col(i).iter()).enumerate().for_each(|(j, (d, &v))| *d = v * scale(j) as f32);
-            tail.iter_mut().zip(p64.col(i).iter()).enumerate().take(good - single).for_each(|(j, (d, &v))| *d = (v * scale(single + j)) as f32);
+            head.iter_mut().zip(p32.col(i).iter()).zip(&inv32).for_each(|((d, &v), &s)| *d = v * s);
+            tail.iter_mut().zip(p64.col(i).iter()).zip(&inv[single..good]).for_each(|((d, &v), &s)| *d = (v * s) as f32);
         }
     } else {
         let (p32, p64) = (xt32 * &w32, x.transpose() * w64);
         for (j, col) in long.chunks_exact_mut(l).enumerate().take(good) {
             if j < single {
-                col.iter_mut().zip(p32.col(j).iter()).for_each(|(d, &v)| *d = v * scale(j) as f32);
+                let s = inv32[j];
+                col.iter_mut().zip(p32.col(j).iter()).for_each(|(d, &v)| *d = v * s);
             } else {
-                col.iter_mut().zip(p64.col(j - single).iter()).for_each(|(d, &v)| *d = (v * scale(j)) as f32);
+                let s = inv[j];
+                col.iter_mut().zip(p64.col(j - single).iter()).for_each(|(d, &v)| *d = (v * s) as f32);
             }
         }
     }
