@@ -146,7 +146,6 @@ pub fn gram_svd(a: &[f32], n: usize, m: usize) -> Result<Svd, String> {
     assert_eq!(a.len(), n * m, "matrix of {n}×{m} needs {} values, got {}", n * m, a.len());
     let tall = n >= m;
     let (r, l) = (n.min(m), n.max(m));
-    // Row-major `A [n, m]` is column-major `Aᵀ [m, n]`; both reads below write contiguously.
     // `X [r, l]` in f64, filled column by column from contiguous runs of `a`: owned as `X` for a
     // tall matrix (its column j is row j of `A`), as `Xᵀ` for a wide one (column i of `Xᵀ` is row
     // i of `A`), and viewed as `X` either way.

@@ -165,7 +165,7 @@ pub fn parameter_shapes(model: &Path) -> Result<(serde_json::Value, BTreeMap<Str
 /// self-attention; decoder with self- and cross-attention). The output head adds `3·V` per
 /// token (the logits, their gradient, and one temporary of the loss: on the CPU the fused
 /// cross-entropy keeps no log-softmax, other backends do). LLaMA adds its RoPE tables,
-/// `2·s·(q + kv)` floats per forward whatever `b`.
+/// `2·s·(q + kv)` floats per forward whatever `b` (`2·s·q` without grouped queries).
 ///
 /// Per-block checkpointing (`"blocks"`) keeps each block's input (`d` per token and layer; T5
 /// also the encoder output and its gradient) plus, at the peak, the gradient flowing between
@@ -203,8 +203,9 @@ pub fn activations(config: &serde_json::Value, b: usize, s: usize, bf16: bool) -
         let halved = if bf16 { tokens * l * (2.0 * d + q + i) / 2.0 } else { 0.0 };
         let block = 8.0 * d + 5.0 * q + 3.0 * kv + 5.0 * i + 3.0 * h * s - if bf16 { (2.0 * d + q + i) / 2.0 } else { 0.0 };
         let blocks = tokens * ((l + 2.0) * d + block.max(3.0 * v));
-        // The RoPE tables, repeated per head (`llama.rs::RopeTables`), once per forward.
-        let rope = 2.0 * s * (q + kv);
+        // The RoPE tables, repeated per head (`llama.rs::RopeTables`), once per forward; one
+        // table serves both sides when there are as many key/value heads as query heads.
+        let rope = 2.0 * s * if kv == q { q } else { q + kv };
         (plain - halved + rope, ckpt - halved + rope, blocks + rope)
     };
     let _ = b;
