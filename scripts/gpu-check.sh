@@ -38,27 +38,76 @@ if [[ "${2:-}" == "--cl" ]]; then
   cat "$REPORT"
   exit 0
 fi
+# The default run (no --cl): parity, then the benches, then the demo, within one deadline so that
+# the whole check fits one 10-minute call. BACKEND=wgpu (or cpu) runs the same sections on a
+# machine without an NVIDIA GPU (a dry run of this script); BENCH_7B overrides the 7B-shape
+# bench's arguments there.
+BACKEND="${BACKEND:-cuda}"
+DEADLINE=$(( $(date +%s) + ${CHECK_SECONDS:-540} ))
+# `section SECONDS cmd…`: run with the smaller of SECONDS and what is left before the deadline.
+section() {
+  local want=$1; shift
+  local left=$(( DEADLINE - $(date +%s) ))
+  (( left < want )) && want=$left
+  if (( want < 10 )); then echo "skipped: the check's deadline has passed"; return 0; fi
+  local start=$(date +%s)
+  timeout "$want" "$@" 2>&1 | grep -v -e XDG_RUNTIME_DIR -e ' INFO '
+  local rc=${PIPESTATUS[0]}
+  echo "exit $rc after $(( $(date +%s) - start )) s (limit $want s)"
+}
+# Peak device memory while the sections between `sample_start` and `sample_stop` run, sampled
+# every 200 ms (NVIDIA only).
+SAMPLER=""
+SAMPLES="$(mktemp)"
+sample_start() {
+  command -v nvidia-smi > /dev/null || return 0
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$SAMPLES" 2>/dev/null &
+  SAMPLER=$!
+}
+sample_stop() {
+  [[ -n "$SAMPLER" ]] || return 0
+  kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null; SAMPLER=""
+  echo "peak device memory: $(sort -n "$SAMPLES" | tail -1) MiB (nvidia-smi, every 200 ms)"
+}
+trap '[[ -n "$SAMPLER" ]] && kill "$SAMPLER" 2>/dev/null' EXIT
+# SmolLM2-135M's shapes (random weights), the CPU step bench's batch.
+SMOL=(--hidden 576 --intermediate 1536 --heads 9 --kv-heads 3 --layers 30 --batch 4 --seq 128 --reps 3)
+# Two LLaMA-2-7B blocks (the README's worked example per block: unfreeze 0.25, batch 8 × 512,
+# per-block checkpointing); multiply the per-block parts by 16 for the 32-block model.
+read -r -a BIG <<< "${BENCH_7B:---hidden 4096 --intermediate 11008 --heads 32 --kv-heads 32 --layers 2 --batch 8 --seq 512 --reps 2 --unfreeze 0.25 --checkpoint}"
 {
-  echo "# sculpt GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "# sculpt GPU check ($BACKEND), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo
   echo '```'
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | head -3
+  nproc
   echo '```'
   echo
-  echo "## Backend parity (cuda vs the CPU reference, same process)"
+  echo "## Backend parity ($BACKEND vs the CPU reference, same process)"
   echo
   echo '```'
-  start=$(date +%s)
-  timeout 300 "$BIN" --backend cuda parity --fixtures tests/fixtures/tiny 2>&1 | grep -v XDG_RUNTIME_DIR
-  echo "exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s"
+  section 240 "$BIN" --backend "$BACKEND" parity --fixtures tests/fixtures/tiny
   echo '```'
   echo
-  echo "## The demo on cuda (osft vs seqft)"
+  echo "## Bench: SmolLM2-135M shapes, $BACKEND, then the CPU backend on this machine's cores"
   echo
   echo '```'
-  start=$(date +%s)
-  timeout 300 "$BIN" --backend cuda demo --output "$OUT/demo-cuda" 2>&1 | grep -v -e XDG_RUNTIME_DIR -e 'INFO' | tail -12
-  echo "exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s"
+  section 90 "$BIN" --backend "$BACKEND" bench "${SMOL[@]}"
+  section 120 "$BIN" --backend cpu bench "${SMOL[@]}"
+  echo '```'
+  echo
+  echo "## Bench: two LLaMA-2-7B blocks on $BACKEND (${BIG[*]})"
+  echo
+  echo '```'
+  sample_start
+  section 200 "$BIN" --backend "$BACKEND" bench "${BIG[@]}"
+  sample_stop
+  echo '```'
+  echo
+  echo "## The demo on $BACKEND (osft vs seqft)"
+  echo
+  echo '```'
+  section 120 "$BIN" --backend "$BACKEND" demo --output "$OUT/demo-$BACKEND" | tail -14
   echo '```'
 } > "$REPORT" 2>&1
 cat "$REPORT"

@@ -354,16 +354,17 @@ fn sculpt_binary(rest: &[String], backends: &[String]) -> Result<PathBuf, String
 
 /// The same forward and OSFT step on each backend (`sculpt bench`), as ratios to the CPU backend
 /// measured in the same run. Options: `--backends cpu,wgpu` (default), `--bin <sculpt>`, and
-/// `--hidden/--layers/--batch/--seq/--reps` passed through.
+/// `sculpt bench`'s shape and setting flags passed through.
 fn bench_backends(rest: &[String]) -> Result<(), String> {
     let backends: Vec<String> = flag(rest, "--backends", "cpu,wgpu").split(',').map(|s| s.trim().to_string()).collect();
     let bin = sculpt_binary(rest, &backends)?;
     let mut pass: Vec<String> = vec![];
-    for k in ["--hidden", "--layers", "--batch", "--seq", "--reps"] {
+    for k in ["--hidden", "--intermediate", "--heads", "--kv-heads", "--layers", "--batch", "--seq", "--reps", "--unfreeze"] {
         if let Some(w) = rest.windows(2).find(|w| w[0] == k) {
             pass.extend([w[0].clone(), w[1].clone()]);
         }
     }
+    pass.extend(rest.iter().filter(|a| *a == "--checkpoint" || *a == "--bf16").cloned());
     let mut results: Vec<(String, f64, f64, f64)> = vec![];
     for b in &backends {
         let out = Command::new(&bin).args(["--backend", b, "bench"]).args(&pass).env("SCULPT_LOG", "warn").output().map_err(|e| format!("{}: {e}", bin.display()))?;

@@ -67,12 +67,23 @@ enum Command {
         #[arg(long, default_value = "tests/fixtures/tiny")]
         fixtures: PathBuf,
     },
-    /// Time a forward pass and an OSFT training step on a random LLaMA of the given size on the
-    /// selected backend; prints one JSON line (`cargo xtask bench backends` compares backends).
+    /// Time a forward pass, the decomposition and an OSFT training step on a random LLaMA of the
+    /// given shape on the selected backend; prints one JSON line with the memory plan's total
+    /// for the same run (`cargo xtask bench backends` compares backends; `scripts/gpu-check.sh`
+    /// runs 7B layer shapes).
     Bench {
         /// Width.
         #[arg(long, default_value_t = 256)]
         hidden: usize,
+        /// MLP width (default: 3 × width).
+        #[arg(long)]
+        intermediate: Option<usize>,
+        /// Attention heads (default: width / 64).
+        #[arg(long)]
+        heads: Option<usize>,
+        /// Key/value heads (default: width / 128).
+        #[arg(long)]
+        kv_heads: Option<usize>,
         /// Blocks.
         #[arg(long, default_value_t = 4)]
         layers: usize,
@@ -85,6 +96,15 @@ enum Command {
         /// Timed repetitions after one warm-up.
         #[arg(long, default_value_t = 3)]
         reps: usize,
+        /// OSFT trainable fraction of each target's rank (default: preserve half).
+        #[arg(long)]
+        unfreeze: Option<f64>,
+        /// Per-block activation checkpointing.
+        #[arg(long)]
+        checkpoint: bool,
+        /// bf16 mixed precision.
+        #[arg(long)]
+        bf16: bool,
     },
     /// Run several methods on one stream (the config's `method` is replaced by each) and
     /// tabulate them; writes `<output>/<method>/…`, `<output>/compare.json` and `<output>/report.html`.
@@ -250,9 +270,9 @@ fn run_on<B: burn::tensor::backend::Backend + sculpt_kernels::ProjectionOps>(com
                 Err(anyhow::anyhow!("parity failed on {name}: {}", failed.join(", ")))
             }
         }
-        Command::Bench { hidden, layers, batch, seq, reps } => {
+        Command::Bench { hidden, intermediate, heads, kv_heads, layers, batch, seq, reps, unfreeze, checkpoint, bf16 } => {
             let name = format!("{backend:?}").to_lowercase();
-            bench::run::<B>(&name, device, &bench::BenchArgs { hidden, layers, batch, seq, reps })
+            bench::run::<B>(&name, device, &bench::BenchArgs { hidden, intermediate, heads, kv_heads, layers, batch, seq, reps, unfreeze, checkpoint, bf16 })
         }
         Command::Plan { config, seq } => {
             let cfg = sculpt_train::RunConfig::load(&config)?;

@@ -379,4 +379,24 @@ fn bench_prints_throughput() {
         assert!(v[k].as_f64().is_some_and(|x| x.is_finite() && x > 0.0), "{k}: {v}");
     }
     assert_eq!(v["backend"], "cpu");
+
+    // A chosen shape and rank rule (what `scripts/gpu-check.sh` runs at 7B block shapes):
+    // the trainable count is that of `unfreeze` 0.25 on these seven matrices, r = R − ⌊¾R⌋.
+    let args = ["bench", "--hidden", "64", "--intermediate", "96", "--heads", "2", "--kv-heads", "1", "--layers", "1", "--batch", "1", "--seq", "8", "--reps", "1", "--unfreeze", "0.25", "--checkpoint"];
+    let out = sculpt().args(args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    // q, o: 64×64, r 16; k, v: 32×64, r 8; gate, up: 96×64 and down 64×96, r 16.
+    let want = 2 * 16 * (64 + 64 + 1) + 2 * 8 * (32 + 64 + 1) + 3 * 16 * (96 + 64 + 1);
+    assert_eq!(v["trainable"].as_u64(), Some(want), "{v}");
+    assert_eq!((v["intermediate"].as_u64(), v["kv_heads"].as_u64(), v["checkpoint"].as_bool()), (Some(96), Some(1), Some(true)), "{v}");
+    for k in ["decompose_s", "osft_step_s", "plan_gib"] {
+        assert!(v[k].as_f64().is_some_and(|x| x.is_finite() && x > 0.0), "{k}: {v}");
+    }
+
+    // Heads that do not divide the width are refused with the numbers.
+    let out = sculpt().args(["bench", "--hidden", "64", "--heads", "3", "--layers", "1"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("width 64") && err.contains("3 heads"), "{err}");
 }
