@@ -65,8 +65,8 @@ fn main() {
             })
             .fold(0.0, f64::max)
     };
-    // `--methods gram,exact,randomized` (default all) picks the methods compared with the reference.
-    let only = arg("--methods").unwrap_or_else(|| "gram,exact,randomized".into());
+    // `--methods gram,exact,randomized,attach` (default all) picks the rows.
+    let only = arg("--methods").unwrap_or_else(|| "gram,exact,randomized,attach".into());
     for (label, method) in [
         ("sculpt-gram-f64", SvdMethod::Gram),
         ("sculpt-exact-f32", SvdMethod::Exact),
@@ -85,5 +85,19 @@ fn main() {
             sigma_err(&svds),
             orthogonality(&svds)
         );
+    }
+    // What a run waits for at a task boundary: `Osft::attach` on the whole model (PEFT's default
+    // split, half of each target preserved, `gram`): the decompositions, `W_high` and the bases.
+    // `cargo xtask bench svd` pairs it with PEFT's `get_peft_model(…, OSFConfig(…))`.
+    if only.split(',').any(|m| m == "attach") {
+        drop(refs);
+        drop(mats);
+        let pre = Pretrained::<burn::backend::Autodiff<Flex>>::load(std::path::Path::new(&path), &Default::default()).expect("load model");
+        let family = pre.model.family();
+        let sculpt_models::Model::Llama(model) = pre.model else { panic!("the attach row expects a LLaMA") };
+        let t0 = Instant::now();
+        let (_model, osft) = sculpt_osft::Osft::attach(model, &sculpt_osft::OsftConfig::default(), family, None).expect("attach");
+        let secs = t0.elapsed().as_secs_f64();
+        println!("{{\"impl\":\"sculpt-attach\",\"targets\":{},\"secs\":{secs:.3},\"threads\":{threads}}}", osft.resolved().len());
     }
 }

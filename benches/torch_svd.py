@@ -6,6 +6,9 @@ the decomposition PEFT's OSF tuner runs. Loads the GGUF with transformers' own G
     python benches/torch_svd.py --gguf <SmolLM2-135M-Instruct.Q4_1.gguf> --threads 2
 
 Prints one JSON line: {"impl": "torch.linalg.svd", "targets": 210, "secs": ..., "threads": T, ...}
+With --peft-wrap, a second one: {"impl": "peft-osf-wrap", "secs": ...}, the time of
+`get_peft_model(model, OSFConfig(effective_rank=0.5))` on a freshly loaded model (the whole
+decomposition step of PEFT's OSF tuner, half of every target preserved).
 """
 
 import argparse
@@ -20,6 +23,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--peft-wrap", action="store_true")
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -49,6 +53,15 @@ def main():
     orth = max(max(dev(u), dev(vh.T)) for u, _, vh in factors)
     print(json.dumps({"impl": "torch.linalg.svd", "targets": len(mats), "secs": round(secs, 3), "threads": args.threads,
                       "max_rel_reconstruction": worst, "max_orthogonality": orth, "torch": torch.__version__}))
+    if args.peft_wrap:
+        from peft import OSFConfig, get_peft_model
+
+        del factors, mats
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32)
+        t0 = time.perf_counter()
+        model = get_peft_model(model, OSFConfig(effective_rank=0.5))
+        secs = time.perf_counter() - t0
+        print(json.dumps({"impl": "peft-osf-wrap", "secs": round(secs, 3), "threads": args.threads}))
 
 
 if __name__ == "__main__":

@@ -146,8 +146,16 @@ fn cargo_bench(name: &str, args: &[&std::ffi::OsStr], threads: &str) -> Result<V
 
 /// Run a Python reference script; `None` (with a message) when Python/torch is unavailable.
 fn python_reference(script: &str, args: &[&std::ffi::OsStr]) -> Option<String> {
+    python_reference_lines(script, args)?.pop()
+}
+
+/// Every JSON line a Python reference printed (None, with the reason printed, when it failed).
+fn python_reference_lines(script: &str, args: &[&std::ffi::OsStr]) -> Option<Vec<String>> {
     match Command::new(python()).current_dir(root()).arg(script).args(args).output() {
-        Ok(o) if o.status.success() => last_json_line(&o.stdout),
+        Ok(o) if o.status.success() => {
+            let lines: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(str::trim).filter(|l| l.starts_with('{')).map(String::from).collect();
+            (!lines.is_empty()).then_some(lines)
+        }
         Ok(o) => {
             println!(
                 "pytorch reference skipped: {} failed (set SCULPT_PYTHON to a Python with torch + transformers + gguf): {}",
@@ -168,7 +176,7 @@ fn bench_svd(rest: &[String]) -> Result<(), String> {
     let threads = flag(rest, "--threads", &std::thread::available_parallelism().map_or(1, |n| n.get()).to_string());
     // `--repeat N`: N pairs, sculpt then torch, one after the other; each pair's ratio, then the
     // median per method (one pair's ratio moves with whatever else the machine runs).
-    // `--methods gram,exact,randomized` (the decompose bench's default: all) picks sculpt's rows.
+    // `--methods gram,exact,randomized,attach` (the decompose bench's default: all) picks sculpt's rows.
     let repeat = pairs(rest)?;
     let methods = flag(rest, "--methods", "");
     let mut ratios = Ratios::default();
@@ -181,22 +189,35 @@ fn bench_svd(rest: &[String]) -> Result<(), String> {
         for l in &lines {
             println!("{l}");
         }
-        let Some(torch) = python_reference("benches/torch_svd.py", &["--gguf".as_ref(), gguf.as_os_str(), "--threads".as_ref(), threads.as_ref()]) else {
+        // sculpt's attach row is paired with PEFT's whole OSF wrap, the SVD rows with torch's SVDs.
+        let attach = methods.is_empty() || methods.split(',').any(|m| m.trim() == "attach");
+        let mut py: Vec<&std::ffi::OsStr> = vec!["--gguf".as_ref(), gguf.as_os_str(), "--threads".as_ref(), threads.as_ref()];
+        if attach {
+            py.push("--peft-wrap".as_ref());
+        }
+        let Some(torch) = python_reference_lines("benches/torch_svd.py", &py) else {
             return Ok(());
         };
-        println!("{torch}");
-        let t = number(&torch, "secs").ok_or("torch line has no secs")?;
+        let reference = |name: &str| torch.iter().find(|l| l.contains(&format!("\"impl\": \"{name}\""))).and_then(|l| number(l, "secs"));
+        for l in &torch {
+            println!("{l}");
+        }
         for l in &lines {
             if let (Some(secs), Some(start)) = (number(l, "secs"), l.find("\"impl\":\"")) {
                 let name = &l[start + 8..];
                 let name = name[..name.find('"').unwrap_or(name.len())].to_string();
-                println!("pair {pair}: decompose 210 SmolLM2 targets, {threads} threads: {name} {secs:.2} s vs torch.linalg.svd {t:.2} s = {:.2}× faster", t / secs);
+                let (what, against) = if name == "sculpt-attach" { ("attach (SVDs, W_high, bases)", "peft-osf-wrap") } else { ("decompose", "torch.linalg.svd") };
+                let Some(t) = reference(against) else {
+                    println!("pair {pair}: {name}: no {against} line to compare with");
+                    continue;
+                };
+                println!("pair {pair}: {what} 210 SmolLM2 targets, {threads} threads: {name} {secs:.2} s vs {against} {t:.2} s = {:.2}× faster", t / secs);
                 ratios.record(&name, t / secs);
             }
         }
     }
     if repeat > 1 {
-        ratios.print_medians("× faster than torch.linalg.svd");
+        ratios.print_medians("× faster than the reference (torch.linalg.svd; PEFT's OSF wrap for sculpt-attach)");
     }
     Ok(())
 }

@@ -73,7 +73,7 @@ pub fn run<B: Backend>(name: &str, device: &B::Device, a: &BenchArgs) -> anyhow:
         heads,
         kv_heads: a.kv_heads.unwrap_or((a.hidden / 128).max(1)),
     };
-    anyhow::ensure!(dims.hidden % dims.heads == 0 && dims.heads % dims.kv_heads == 0, "bench: width {} must divide into {} heads, and those into {} key/value heads", dims.hidden, dims.heads, dims.kv_heads);
+    anyhow::ensure!(dims.kv_heads > 0 && dims.hidden.is_multiple_of(dims.heads) && dims.heads.is_multiple_of(dims.kv_heads), "bench: width {} must divide into {} heads, and those into {} key/value heads", dims.hidden, dims.heads, dims.kv_heads);
     let t = Instant::now();
     sculpt_train::demo::write_random_llama(dir.path(), dims, 0)?;
     let write_s = t.elapsed().as_secs_f64();
