@@ -299,8 +299,8 @@ fn a_stop_at_a_task_boundary_ends_the_run_there() {
 /// Mid-task resume, bit for bit: a run stopped after every single step of the first task (a
 /// stop request writes a mid-task checkpoint: module record, optimizer state, step count) and
 /// resumed each time, then stopped again inside task 2, ends with exactly the uninterrupted
-/// run's weights, matrix and loss curve — for OSFT (attached factors), LoRA (adapters) and EWC
-/// (penalty state).
+/// run's weights, matrix and loss curve — for OSFT (attached factors; also with a bf16 `W_high`,
+/// which the full-precision checkpoint stores as fp32), LoRA (adapters) and EWC (penalty state).
 #[test]
 fn stopping_inside_a_task_and_resuming_is_bit_identical() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -308,15 +308,20 @@ fn stopping_inside_a_task_and_resuming_is_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let mut base = demo(dir.path(), 2);
     base.tasks.truncate(2);
-    for method in [Method::Osft, Method::Lora, Method::Ewc] {
+    for (method, bf16_frozen) in [(Method::Osft, false), (Method::Lora, false), (Method::Ewc, false), (Method::Osft, true)] {
         let mut cfg = base.clone();
         cfg.method = method;
-        cfg.output = dir.path().join(format!("ref-{}", method.name()));
+        let tag = format!("{}{}", method.name(), if bf16_frozen { "-bf16" } else { "" });
+        if bf16_frozen {
+            cfg.osft.frozen_precision = sculpt_osft::FrozenPrecision::Bf16;
+        }
+        let method = tag.clone();
+        cfg.output = dir.path().join(format!("ref-{tag}"));
         let full = train_with::<Ad>(&cfg, &Default::default(), RunOptions::default()).unwrap();
         let weights = read_model(&full.model_dir);
         let metrics = std::fs::read_to_string(cfg.output.join("metrics.jsonl")).unwrap();
 
-        cfg.output = dir.path().join(format!("stopped-{}", method.name()));
+        cfg.output = dir.path().join(format!("stopped-{tag}"));
         let stop = Arc::new(AtomicBool::new(true));
         for i in 0..3 {
             let e = train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: i > 0, stop: Some(stop.clone()) }).unwrap_err();

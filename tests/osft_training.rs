@@ -668,3 +668,90 @@ fn merged_and_factored_forms_train_alike() {
         }
     }
 }
+
+/// `[osft] frozen_precision = "bf16"`: every target's `W_high` is stored as bf16 (the fp32
+/// split's `W_high` rounded once), the model moves at step 0 by that rounding only, and training
+/// keeps the low factors as orthogonal and the frozen part as untouched as in fp32; the merge
+/// gives fp32 weights.
+#[test]
+fn bf16_frozen_part_is_the_rounded_fp32_one_and_trains_alike() {
+    use burn::tensor::DType;
+    use sculpt_osft::FrozenPrecision;
+    let device = Default::default();
+    let name = "llama-gqa-untied-tiny";
+    let batch = batch_of(name);
+    let load = || {
+        let Model::Llama(m) = Pretrained::<Ad>::load(&tiny_fixture(name), &device).unwrap().model else { unreachable!() };
+        m
+    };
+    let ids = || sculpt_models::layers::ids_tensor(&batch.input_ids, &device);
+    let base = load();
+    let logits_before = to_host(base.forward(ids(), None, None));
+    let cfg = OsftConfig { frozen_precision: FrozenPrecision::Bf16, ..Default::default() };
+    let (mut bf, bf_osft) = Osft::attach(base, &cfg, "llama", None).unwrap();
+    let (mut fp, fp_osft) = Osft::attach(load(), &OsftConfig::default(), "llama", None).unwrap();
+    let high = |m: &mut sculpt_models::llama::Llama<Ad>| {
+        let mut out = std::collections::BTreeMap::new();
+        m.visit_linears_mut(&mut |name, lin| {
+            out.insert(name.to_string(), (lin.weight.val().dtype(), lin.delta.is_some(), to_host(lin.weight.val()).data));
+        });
+        out
+    };
+    let (hb, hf) = (high(&mut bf), high(&mut fp));
+    assert_eq!(hb.values().filter(|(_, attached, _)| *attached).count(), bf_osft.resolved().len());
+    for (name, (dtype, attached, w)) in &hb {
+        let (fdtype, _, fw) = &hf[name];
+        assert_eq!(*fdtype, DType::F32);
+        if *attached {
+            assert_eq!(*dtype, DType::BF16, "{name}");
+            // A bf16 value (its low 16 bits zero) next to the fp32 one: within one bf16 step
+            // (2⁻⁸ relative; the cast rounds to nearest but for rare near-ties).
+            for (x, y) in w.iter().zip(fw) {
+                assert_eq!(x.to_bits() & 0xFFFF, 0, "{name}: {x} is not a bf16 value");
+                assert!((x - y).abs() <= y.abs() * 2f32.powi(-8), "{name}: {x} is not {y} rounded to bf16");
+            }
+            let nearest = w.iter().zip(fw).filter(|(x, y)| **x == half::bf16::from_f32(**y).to_f32()).count();
+            assert!(nearest * 100 >= w.len() * 99, "{name}: {nearest} of {} rounded to nearest", w.len());
+        } else {
+            assert_eq!((*dtype, w), (DType::F32, fw), "{name}: a non-target changed");
+        }
+    }
+    // Step 0: the logits moved, by about W_high's rounding.
+    let moved = sculpt::max_abs_diff(&to_host(bf.forward(ids(), None, None)).data, &logits_before.data);
+    let scale = logits_before.data.iter().fold(0f32, |a, x| a.max(x.abs()));
+    println!("step-0 logits moved by {moved:.2e} with a bf16 W_high (largest logit {scale:.2})");
+    // bf16 keeps 8 significant bits: about 2⁻⁹ relative per weight, through two blocks and the head.
+    assert!(moved > 1e-6 && moved <= 3e-2 * scale, "step-0 logits moved by {moved} (largest {scale})");
+
+    let frozen_before = high(&mut bf);
+    let train = TrainSection { lr: 1e-2, max_grad_norm: 0.0, weight_decay: 0.01, ..Default::default() };
+    let (mut bf, bf_last) = osft_steps(bf, &bf_osft, &batch, &train, 40);
+    let (_, fp_last) = osft_steps(fp, &fp_osft, &batch, &train, 40);
+    println!("40 AdamW steps: loss {bf_last:.4} (bf16 W_high) vs {fp_last:.4} (fp32)");
+    assert!((bf_last - fp_last).abs() <= 0.05 * fp_last, "{bf_last} vs {fp_last}");
+    let (lu, lv) = bf_osft.leakage(&mut bf);
+    assert!(lu <= 1e-5 && lv <= 1e-5, "low factors leaked: {lu}, {lv}");
+    let after = high(&mut bf);
+    for (name, (dtype, attached, w)) in &frozen_before {
+        if *attached {
+            assert_eq!((&after[name].0, &after[name].2), (dtype, w), "{name}: W_high changed in training");
+        }
+    }
+    // A full-precision module record (what mid-task checkpoints write) loads `W_high` as fp32;
+    // `restore_frozen_precision` puts it back into bf16 with the same values.
+    {
+        use burn::module::Module;
+        use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+        let bytes = recorder.record(bf.clone().into_record(), ()).unwrap();
+        let mut back = bf.clone().load_record(recorder.load(bytes, &device).unwrap());
+        let loaded = high(&mut back);
+        println!("W_high after loading a record: {:?}", loaded.values().find(|v| v.1).map(|v| v.0));
+        bf_osft.restore_frozen_precision(&mut back);
+        let restored = high(&mut back);
+        assert_eq!(restored, after, "restoring changed a value or left a dtype");
+    }
+    // The merge is fp32: W_high (as fp32) + U diag(s) Vt.
+    merge(&mut bf);
+    assert!(high(&mut bf).values().all(|(d, attached, _)| *d == DType::F32 && !attached));
+}

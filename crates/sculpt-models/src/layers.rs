@@ -206,7 +206,8 @@ impl<B: Backend> Linear<B> {
     /// The effective dense weight `W + U diag(s) Vt`, `[out, in]`.
     pub fn effective_weight(&self) -> Tensor<B, 2> {
         match &self.delta {
-            Some(d) => self.weight.val() + d.dense(),
+            // fp32 whatever the stored base's precision (OSFT may keep `W_high` in bf16).
+            Some(d) => self.weight.val().cast(FloatDType::F32) + d.dense(),
             None => self.weight.val(),
         }
     }
@@ -227,10 +228,11 @@ impl<B: Backend> Linear<B> {
         self.lowp(x)
     }
 
-    /// `t` cast to the compute precision (unchanged in fp32, or when it already is bf16).
+    /// `t` cast to the compute precision (unchanged when it already is in it: fp32 inputs and
+    /// weights in fp32, a bf16 input or a bf16-stored frozen weight in bf16).
     fn lowp<const D: usize>(&self, t: Tensor<B, D>) -> Tensor<B, D> {
         match self.compute {
-            ComputeDtype::F32 => t,
+            ComputeDtype::F32 => t.cast(FloatDType::F32),
             ComputeDtype::Bf16 => t.cast(FloatDType::BF16),
         }
     }
@@ -247,7 +249,7 @@ impl<B: Backend> Linear<B> {
         let x = self.lowp(x);
         let training = |d: &LowRank<B>| d.u.val().is_require_grad() || d.vt.val().is_require_grad();
         let mut y = match &self.delta {
-            Some(d) if self.form.merges(b * s, d_out, d_in, d.s.dims()[0], training(d)) => x.matmul(self.lowp(w + d.dense()).transpose()),
+            Some(d) if self.form.merges(b * s, d_out, d_in, d.s.dims()[0], training(d)) => x.matmul(self.lowp(w.cast(FloatDType::F32) + d.dense()).transpose()),
             // ((x Vtᵀ) ⊙ s) Uᵀ: r(in + out) multiply-adds per token, never the dense product.
             Some(d) => {
                 x.clone().matmul(self.lowp(w).transpose())

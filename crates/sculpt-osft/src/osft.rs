@@ -91,6 +91,31 @@ pub struct OsftConfig {
     /// `factored` or `merged` ([`LowRankForm`]).
     #[serde(default, skip_serializing_if = "is_auto_form")]
     pub forward: LowRankForm,
+    /// Storage of each target's frozen dense part `W_high`: `fp32` (default) or `bf16`
+    /// ([`FrozenPrecision`]).
+    #[serde(default, skip_serializing_if = "is_fp32_frozen")]
+    pub frozen_precision: FrozenPrecision,
+}
+
+fn is_fp32_frozen(p: &FrozenPrecision) -> bool {
+    *p == FrozenPrecision::Fp32
+}
+
+/// Storage of the frozen dense `W_high` (`[osft] frozen_precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FrozenPrecision {
+    /// fp32: the model at step 0 is the original up to one fp32 rounding.
+    #[default]
+    Fp32,
+    /// bf16: half the memory of the largest frozen tensor (LLaMA-2-7B: 12 GiB less). `W_high` is
+    /// rounded once to bf16 (8 significant bits) at each decomposition, so the model at step 0
+    /// and the merged model differ from the fp32 split by that rounding. Products read it in the
+    /// layer's compute precision: with fp32 compute a block's fp32 copies live during its
+    /// forward and backward (with per-block checkpointing, one block's at a time); with
+    /// `[train] precision = "bf16"` it is read as it is. The low factors, bases, gradients and
+    /// optimizer state stay fp32, so the projections and the orthogonality are unchanged.
+    Bf16,
 }
 
 fn is_auto_form(f: &LowRankForm) -> bool {
@@ -229,6 +254,7 @@ pub struct Osft<B: AutodiffBackend> {
     targets: Vec<Target<B>>,
     by_name: BTreeMap<String, usize>,
     kernels: bool,
+    frozen: FrozenPrecision,
 }
 
 fn upload<B: Backend, const D: usize>(data: Vec<f32>, shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
@@ -334,12 +360,13 @@ impl<B: AutodiffBackend> Osft<B> {
         let splits: Vec<(ResolvedTarget, Split)> = infos.into_iter().zip(splits).map(|(info, s)| s.map(|s| (info, s))).collect::<Result<_>>()?;
         drop(found);
         let mut parts: BTreeMap<String, (ResolvedTarget, Split)> = splits.into_iter().map(|(info, split)| (info.name.clone(), (info, split))).collect();
-        let mut state = Osft { targets: vec![], by_name: BTreeMap::new(), kernels: cfg.projection == ProjectionImpl::Kernel };
+        let mut state = Osft { targets: vec![], by_name: BTreeMap::new(), kernels: cfg.projection == ProjectionImpl::Kernel, frozen: cfg.frozen_precision };
         model.visit_linears_mut(&mut |name, lin| {
             let Some((info, split)) = parts.remove(name) else { return };
             let device = lin.weight.val().device();
             let (n, m, rl) = (info.n, info.m, split.s_low.len());
-            lin.weight = Param::from_tensor(upload::<B, 2>(split.w_high, [n, m], &device)).set_require_grad(false);
+            let w_high = upload::<B, 2>(split.w_high, [n, m], &device);
+            lin.weight = Param::from_tensor(state.frozen_storage(w_high)).set_require_grad(false);
             let delta = LowRank {
                 u: Param::from_tensor(upload::<B, 2>(split.u_low, [n, rl], &device)),
                 s: Param::from_tensor(upload::<B, 1>(split.s_low, [rl], &device)),
@@ -362,6 +389,30 @@ impl<B: AutodiffBackend> Osft<B> {
         });
         set_low_rank_form(&mut model, cfg.forward);
         Ok((model, state))
+    }
+
+    /// `w` in the configured storage precision of `W_high`.
+    fn frozen_storage(&self, w: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self.frozen {
+            FrozenPrecision::Fp32 => w,
+            FrozenPrecision::Bf16 => w.cast(burn::tensor::FloatDType::BF16),
+        }
+    }
+
+    /// Put every target's `W_high` back into the configured storage precision: a module record
+    /// (checkpoints are written in full precision) loads it as fp32. The values are unchanged
+    /// (a bf16 value is exact in fp32 and back).
+    pub fn restore_frozen_precision<M: NamedParams<B>>(&self, model: &mut M) {
+        if self.frozen == FrozenPrecision::Fp32 {
+            return;
+        }
+        let by_name = &self.by_name;
+        model.visit_linears_mut(&mut |name, lin| {
+            if by_name.contains_key(name) && lin.delta.is_some() {
+                let w = self.frozen_storage(lin.weight.val());
+                lin.weight = Param::from_tensor(w).set_require_grad(false);
+            }
+        });
     }
 
     /// Re-read the parameter ids of the trainable factors from `model`'s attached low-rank

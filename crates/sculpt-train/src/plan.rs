@@ -53,6 +53,11 @@ pub struct MemoryPlan {
     /// checkpointing (replaces the merged-copies row in the checkpointed total).
     #[serde(default)]
     pub merged_copies_checkpointed: u64,
+    /// With `[osft] frozen_precision = "bf16"` and fp32 compute, the fp32 copies of the bf16
+    /// `W_high` that the factored products keep for the backward, still alive at the peak with
+    /// checkpointing (replaces that row in the checkpointed total).
+    #[serde(default)]
+    pub frozen_copies_checkpointed: u64,
     /// Batch × sequence length the activations assume.
     pub batch: usize,
     /// Sequence length.
@@ -64,13 +69,15 @@ pub struct MemoryPlan {
 const F32: u64 = 4;
 const BF16_COPIES: &str = "bf16 copies of the linear weights";
 const MERGED_COPIES: &str = "merged-form dense weights";
+const FROZEN_COPIES: &str = "fp32 copies of the bf16 W_high";
 
 impl MemoryPlan {
     /// Total bytes without / with activation checkpointing.
     pub fn totals(&self) -> (u64, u64) {
         let base: u64 = self.rows.iter().map(|r| r.bytes).sum();
-        let copies: u64 = self.rows.iter().filter(|r| r.what.starts_with(BF16_COPIES) || r.what.starts_with(MERGED_COPIES)).map(|r| r.bytes).sum();
-        (base + self.activations, base - copies + self.bf16_copies_checkpointed + self.merged_copies_checkpointed + self.activations_checkpointed)
+        let copies: u64 = self.rows.iter().filter(|r| r.what.starts_with(BF16_COPIES) || r.what.starts_with(MERGED_COPIES) || r.what.starts_with(FROZEN_COPIES)).map(|r| r.bytes).sum();
+        let checkpointed = self.bf16_copies_checkpointed + self.merged_copies_checkpointed + self.frozen_copies_checkpointed;
+        (base + self.activations, base - copies + checkpointed + self.activations_checkpointed)
     }
 
     /// A human-readable table.
@@ -100,6 +107,9 @@ impl MemoryPlan {
         }
         if self.rows.iter().any(|r| r.what.starts_with(MERGED_COPIES)) {
             s.push_str(&format!("  {:<56}{}\n", format!("{MERGED_COPIES} (checkpointing = {name})"), gib(self.merged_copies_checkpointed)));
+        }
+        if self.rows.iter().any(|r| r.what.starts_with(FROZEN_COPIES)) {
+            s.push_str(&format!("  {:<56}{}\n", format!("{FROZEN_COPIES} (checkpointing = {name})"), gib(self.frozen_copies_checkpointed)));
         }
         let (a, b) = self.totals();
         s.push_str(&format!("  {:<56}{}\n  {:<56}{}\n", "total", gib(a), "total with activation_checkpointing", gib(b)));
@@ -254,6 +264,12 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
     // backward: a dense fp32 copy per shard (in bf16 the bf16 copy of the weight is made and
     // counted either way). `(module name, bytes)`.
     let mut merged: Vec<(String, u64)> = vec![];
+    // `[osft] frozen_precision = "bf16"`: with fp32 compute, the factored targets' products keep
+    // an fp32 copy of `W_high` for the backward (`(module name, bytes)`); with bf16 compute they
+    // read it as it is, so those targets have no bf16 copy (module names).
+    let frozen_bf16 = cfg.method == Method::Osft && cfg.osft.frozen_precision == sculpt_osft::FrozenPrecision::Bf16;
+    let mut frozen_copies: Vec<(String, u64)> = vec![];
+    let mut read_as_stored: std::collections::BTreeSet<String> = Default::default();
     let opt_factor = if adam { 2 } else { 0 };
     let mut rows = vec![];
     let trainable: u64;
@@ -272,14 +288,26 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
                 let side = |dim: u64| if cfg.osft.bases.complement(dim as usize, n as usize, m as usize, k as usize) { r } else { k };
                 high += n * side(n) + m * side(m);
                 low += r * (n + m + 1);
-                if !bf16 && cfg.osft.forward.merges(tokens_per_call, n as usize, m as usize, r as usize, true) {
+                let merges = cfg.osft.forward.merges(tokens_per_call, n as usize, m as usize, r as usize, true);
+                if !bf16 && merges {
                     merged.push((name.clone(), F32 * n * m * shards as u64));
+                }
+                if frozen_bf16 && !merges {
+                    if bf16 {
+                        read_as_stored.insert(name.clone());
+                    } else {
+                        frozen_copies.push((name.clone(), F32 * n * m * shards as u64));
+                    }
                 }
             }
             let others = parameters - dense;
             let non_targets_train = if cfg.osft.train_non_targets { others } else { 0 };
             trainable = low + non_targets_train;
-            rows.push(PlanRow { what: "frozen weights (non-targets + dense W_high)".into(), bytes: F32 * parameters });
+            if frozen_bf16 {
+                rows.push(PlanRow { what: "frozen weights (non-targets + dense W_high in bf16)".into(), bytes: F32 * (parameters - dense) + 2 * dense });
+            } else {
+                rows.push(PlanRow { what: "frozen weights (non-targets + dense W_high)".into(), bytes: F32 * parameters });
+            }
             rows.push(PlanRow { what: "projection bases (U_h, Vt_h or complements)".into(), bytes: F32 * high });
             rows.push(PlanRow { what: "trainable low factors U_l, s_l, Vt_l".into(), bytes: F32 * low });
             rows.push(PlanRow { what: "gradients".into(), bytes: F32 * trainable });
@@ -308,11 +336,16 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
         let what = format!("{MERGED_COPIES} W + U diag(s) Vt ({} targets, {tokens_per_call} tokens per call)", merged.len());
         rows.push(PlanRow { what, bytes: merged.iter().map(|(_, b)| b).sum() });
     }
+    if !frozen_copies.is_empty() {
+        let what = format!("{FROZEN_COPIES} ({} targets, fp32 compute)", frozen_copies.len());
+        rows.push(PlanRow { what, bytes: frozen_copies.iter().map(|(_, b)| b).sum() });
+    }
+    let copied = |n: &str| !read_as_stored.contains(n.strip_suffix(".weight").unwrap_or(n));
     // The bf16 copies of the weights the products read, kept for the backward pass.
     let bf16_copies: u64 = if bf16 {
         2 * shapes
             .iter()
-            .filter(|(n, sh)| sh.len() == 2 && !n.contains("embed_tokens") && !n.starts_with("shared"))
+            .filter(|(n, sh)| sh.len() == 2 && !n.contains("embed_tokens") && !n.starts_with("shared") && copied(n))
             .map(|(_, sh)| sh.iter().product::<usize>() as u64)
             .sum::<u64>()
     } else {
@@ -331,7 +364,7 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
         // One segment's copies at a time: a block's, or the untied head's.
         (true, _) => {
             let head: u64 = shapes.iter().filter(|(n, sh)| sh.len() == 2 && n.starts_with("lm_head")).map(|(_, sh)| 2 * sh.iter().product::<usize>() as u64).sum();
-            let matrices = shapes.iter().filter(|(_, sh)| sh.len() == 2).map(|(n, sh)| (block_of(n), 2 * sh.iter().product::<usize>() as u64));
+            let matrices = shapes.iter().filter(|(n, sh)| sh.len() == 2 && copied(n)).map(|(n, sh)| (block_of(n), 2 * sh.iter().product::<usize>() as u64));
             largest_block(matrices).max(head)
         }
     };
@@ -341,9 +374,13 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
         // Targets outside every block share one bucket.
         _ => largest_block(merged.iter().map(|(n, b)| (Some(block_of(n).unwrap_or_default()), *b))),
     };
+    let frozen_copies_checkpointed = match checkpointing {
+        Checkpointing::Ops => frozen_copies.iter().map(|(_, b)| b).sum(),
+        _ => largest_block(frozen_copies.iter().map(|(n, b)| (Some(block_of(n).unwrap_or_default()), *b))),
+    };
     let (activations, ops, blocks) = activations(&config, batch, seq, bf16);
     let activations_checkpointed = if checkpointing == Checkpointing::Ops { ops } else { blocks };
-    Ok(MemoryPlan { family, method: cfg.method, parameters, trainable, rows, activations, activations_checkpointed, checkpointing, bf16_copies_checkpointed, merged_copies_checkpointed, batch, seq, bf16 })
+    Ok(MemoryPlan { family, method: cfg.method, parameters, trainable, rows, activations, activations_checkpointed, checkpointing, bf16_copies_checkpointed, merged_copies_checkpointed, frozen_copies_checkpointed, batch, seq, bf16 })
 }
 
 /// Peak resident memory of this process so far (`VmHWM`), where the OS reports it.
@@ -466,5 +503,29 @@ mod tests {
         assert_eq!(copies, 2 * (32 * (4 * 4096 * 4096 + 3 * 11008 * 4096) + 32000 * 4096));
         // Checkpointed by blocks, one block's copies are alive at a time.
         assert_eq!(bf.bf16_copies_checkpointed, 2 * (4 * 4096 * 4096 + 3 * 11008 * 4096));
+
+        // `W_high` stored in bf16: the frozen row loses 2 bytes per target weight; with fp32
+        // compute one block's fp32 copies come back under per-block checkpointing, with bf16
+        // compute the targets need no bf16 copy at all.
+        let dense: u64 = 32 * (4 * 4096 * 4096 + 3 * 11008 * 4096);
+        let frozen = |p: &MemoryPlan| p.rows.iter().find(|r| r.what.starts_with("frozen weights")).expect("frozen row").bytes;
+        let fb = plan(&cfg(dir.path(), "osft", "[train]\nbatch_size = 8\n[osft]\nrank = { rule = \"unfreeze\", fraction = 0.25 }\nfrozen_precision = \"bf16\"\n"), Some(512)).unwrap();
+        println!("{}", fb.to_text());
+        assert_eq!(frozen(&p) - frozen(&fb), 2 * dense);
+        let block = 4 * (4 * 4096 * 4096 + 3 * 11008 * 4096);
+        assert_eq!(fb.frozen_copies_checkpointed, block);
+        assert_eq!(p.totals().1 - fb.totals().1, 2 * dense - block);
+        let fb1 = plan(&cfg(dir.path(), "osft", "[train]\nbatch_size = 1\n[osft]\nrank = { rule = \"unfreeze\", fraction = 0.25 }\nfrozen_precision = \"bf16\"\n"), Some(512)).unwrap();
+        assert_eq!(one.totals().1 - fb1.totals().1, 2 * dense - block);
+        println!("batch 1 × 512, blocks, bf16 W_high: {:.2} GiB", fb1.totals().1 as f64 / (1u64 << 30) as f64);
+        // Without checkpointing every copy is kept: no saving.
+        assert_eq!(fb.totals().0, p.totals().0 + 2 * dense);
+        let fbb = plan(&cfg(dir.path(), "osft", "[train]\nbatch_size = 8\nprecision = \"bf16\"\n[osft]\nrank = { rule = \"unfreeze\", fraction = 0.25 }\nfrozen_precision = \"bf16\"\n"), Some(512)).unwrap();
+        println!("{}", fbb.to_text());
+        let copies_bf = |p: &MemoryPlan| p.rows.iter().find(|r| r.what.starts_with("bf16 copies")).expect("bf16 row").bytes;
+        // Only the untied head's copy is left (the targets are every linear layer of the blocks).
+        assert_eq!(copies_bf(&fbb), 2 * 32000 * 4096);
+        assert_eq!(fbb.frozen_copies_checkpointed, 0);
+        assert_eq!(bf.totals().1 - fbb.totals().1, 2 * dense + bf.bf16_copies_checkpointed - fbb.bf16_copies_checkpointed);
     }
 }
