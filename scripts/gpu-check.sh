@@ -38,8 +38,9 @@ if [[ "${2:-}" == "--cl" ]]; then
   cat "$REPORT"
   exit 0
 fi
-# The default run (no --cl): parity, then the benches, then the demo, within one deadline so that
-# the whole check fits one 10-minute call. BACKEND=wgpu (or cpu) runs the same sections on a
+# The default run (no --cl): parity, the benches, the demo, then the 7B blocks with a bf16 W_high,
+# within one deadline so that the whole check fits one 10-minute call (what does not fit is
+# skipped, last sections first). BACKEND=wgpu (or cpu) runs the same sections on a
 # machine without an NVIDIA GPU (a dry run of this script); BENCH_7B overrides the 7B-shape
 # bench's arguments there.
 BACKEND="${BACKEND:-cuda}"
@@ -108,6 +109,14 @@ read -r -a BIG <<< "${BENCH_7B:---hidden 4096 --intermediate 11008 --heads 32 --
   echo
   echo '```'
   section 120 "$BIN" --backend "$BACKEND" demo --output "$OUT/demo-$BACKEND" | tail -14
+  echo '```'
+  echo
+  echo "## Bench: the same two 7B blocks with W_high stored in bf16 (--frozen-bf16)"
+  echo
+  echo '```'
+  sample_start
+  section 200 "$BIN" --backend "$BACKEND" bench "${BIG[@]}" --frozen-bf16
+  sample_stop
   echo '```'
 } > "$REPORT" 2>&1
 cat "$REPORT"

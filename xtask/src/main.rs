@@ -385,7 +385,7 @@ fn bench_backends(rest: &[String]) -> Result<(), String> {
             pass.extend([w[0].clone(), w[1].clone()]);
         }
     }
-    pass.extend(rest.iter().filter(|a| *a == "--checkpoint" || *a == "--bf16").cloned());
+    pass.extend(rest.iter().filter(|a| ["--checkpoint", "--bf16", "--frozen-bf16"].contains(&a.as_str())).cloned());
     let mut results: Vec<(String, f64, f64, f64)> = vec![];
     for b in &backends {
         let out = Command::new(&bin).args(["--backend", b, "bench"]).args(&pass).env("SCULPT_LOG", "warn").output().map_err(|e| format!("{}: {e}", bin.display()))?;

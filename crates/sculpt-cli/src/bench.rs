@@ -40,6 +40,8 @@ pub struct BenchArgs {
     pub checkpoint: bool,
     /// bf16 mixed precision.
     pub bf16: bool,
+    /// OSFT's `W_high` stored in bf16 (`[osft] frozen_precision = "bf16"`).
+    pub frozen_bf16: bool,
 }
 
 fn sync<B: Backend>(device: &B::Device) {
@@ -55,8 +57,12 @@ fn run_config(dir: &std::path::Path, a: &BenchArgs) -> anyhow::Result<sculpt_tra
         if a.checkpoint { "\"blocks\"" } else { "false" },
         if a.bf16 { "bf16" } else { "fp32" }
     );
+    text += "[osft]\n";
     if let Some(f) = a.unfreeze {
-        text += &format!("[osft]\nrank = {{ rule = \"unfreeze\", fraction = {f} }}\n");
+        text += &format!("rank = {{ rule = \"unfreeze\", fraction = {f} }}\n");
+    }
+    if a.frozen_bf16 {
+        text += "frozen_precision = \"bf16\"\n";
     }
     text += "[[tasks]]\nname = \"bench\"\ndata = \"unused.jsonl\"\n";
     Ok(sculpt_train::RunConfig::from_toml(&dir.join("bench.toml"), &text)?)
@@ -133,7 +139,7 @@ pub fn run<B: Backend>(name: &str, device: &B::Device, a: &BenchArgs) -> anyhow:
     println!(
         "{}",
         serde_json::json!({"backend": name, "hidden": dims.hidden, "intermediate": dims.intermediate, "heads": dims.heads, "kv_heads": dims.kv_heads,
-            "layers": a.layers, "batch": a.batch, "seq": a.seq, "unfreeze": a.unfreeze, "checkpoint": a.checkpoint, "bf16": a.bf16,
+            "layers": a.layers, "batch": a.batch, "seq": a.seq, "unfreeze": a.unfreeze, "checkpoint": a.checkpoint, "bf16": a.bf16, "frozen_bf16": a.frozen_bf16,
             "parameters": plan.parameters, "trainable": plan.trainable, "write_s": write_s, "decompose_s": decompose,
             "forward_s": fwd, "forward_tok_s": tokens / fwd, "osft_step_s": step, "osft_step_tok_s": tokens / step,
             "projection_share": proj / a.reps as f64 / step, "projection_kernels": osft.uses_kernels(),

@@ -105,6 +105,9 @@ enum Command {
         /// bf16 mixed precision.
         #[arg(long)]
         bf16: bool,
+        /// Store OSFT's frozen `W_high` in bf16 (`[osft] frozen_precision = "bf16"`).
+        #[arg(long)]
+        frozen_bf16: bool,
     },
     /// Run several methods on one stream (the config's `method` is replaced by each) and
     /// tabulate them; writes `<output>/<method>/…`, `<output>/compare.json` and `<output>/report.html`.
@@ -270,9 +273,9 @@ fn run_on<B: burn::tensor::backend::Backend + sculpt_kernels::ProjectionOps>(com
                 Err(anyhow::anyhow!("parity failed on {name}: {}", failed.join(", ")))
             }
         }
-        Command::Bench { hidden, intermediate, heads, kv_heads, layers, batch, seq, reps, unfreeze, checkpoint, bf16 } => {
+        Command::Bench { hidden, intermediate, heads, kv_heads, layers, batch, seq, reps, unfreeze, checkpoint, bf16, frozen_bf16 } => {
             let name = format!("{backend:?}").to_lowercase();
-            bench::run::<B>(&name, device, &bench::BenchArgs { hidden, intermediate, heads, kv_heads, layers, batch, seq, reps, unfreeze, checkpoint, bf16 })
+            bench::run::<B>(&name, device, &bench::BenchArgs { hidden, intermediate, heads, kv_heads, layers, batch, seq, reps, unfreeze, checkpoint, bf16, frozen_bf16 })
         }
         Command::Plan { config, seq } => {
             let cfg = sculpt_train::RunConfig::load(&config)?;
