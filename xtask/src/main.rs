@@ -495,6 +495,21 @@ fn wgpu_smoke() -> Result<(), String> {
         return Err(format!("wgpu generation: got {text:?}\n{}", String::from_utf8_lossy(&out.stderr)));
     }
     eprintln!("xtask: wgpu backend generates transformers' greedy output");
+    // bf16 has no WGSL type: a run that asks for it is refused up front with the key named,
+    // instead of panicking inside cubecl's shader compiler.
+    for flag in ["--bf16", "--frozen-bf16"] {
+        let out = Command::new(&bin)
+            .args(["--backend", "wgpu", "bench", "--hidden", "64", "--layers", "1", "--batch", "1", "--seq", "8", "--reps", "1", flag])
+            .env("SCULPT_LOG", "warn")
+            .output()
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        let key = if flag == "--bf16" { "[train] precision = \"bf16\"" } else { "[osft] frozen_precision = \"bf16\"" };
+        if out.status.success() || !err.contains(key) || err.contains("panicked") {
+            return Err(format!("wgpu bench {flag}: expected a clear refusal naming {key}, got status {} and\n{err}", out.status));
+        }
+    }
+    eprintln!("xtask: wgpu refuses bf16 runs with the key named");
     Ok(())
 }
 

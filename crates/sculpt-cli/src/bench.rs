@@ -84,6 +84,7 @@ pub fn run<B: Backend>(name: &str, device: &B::Device, a: &BenchArgs) -> anyhow:
     sculpt_train::demo::write_random_llama(dir.path(), dims, 0)?;
     let write_s = t.elapsed().as_secs_f64();
     let cfg = run_config(dir.path(), a)?;
+    sculpt_train::run::check_device::<B>(&cfg, device)?;
     let plan = sculpt_train::plan::plan(&cfg, Some(a.seq))?;
     let planned = if a.checkpoint { plan.totals().1 } else { plan.totals().0 };
     let vocab = 40u32;

@@ -32,6 +32,16 @@ pub enum TrainError {
         /// Which value.
         what: String,
     },
+    /// The config asks for something the backend's device cannot do.
+    #[error("{key} needs {what}, which this backend's device does not support{hint}")]
+    Unsupported {
+        /// The config key, with its value.
+        key: String,
+        /// The capability.
+        what: String,
+        /// What to do instead.
+        hint: String,
+    },
     /// A stop was requested (SIGINT/SIGTERM); the run ended after a complete step.
     #[error("interrupted in task `{task}` after step {step}; {resume}")]
     Interrupted {
