@@ -49,6 +49,12 @@ pub enum OsftError {
         /// Why.
         msg: String,
     },
+    /// The config asks for a dtype the backend's device cannot compute in.
+    #[error("`{key}` needs bf16 tensors, which this backend's device does not support (wgpu: WGSL has no bf16)")]
+    UnsupportedDtype {
+        /// The config key, with its value.
+        key: String,
+    },
 }
 
 /// Result alias for this crate.

@@ -321,6 +321,15 @@ impl<B: AutodiffBackend> Osft<B> {
         if found.is_empty() {
             return Err(OsftError::NoTargets { patterns });
         }
+        if cfg.frozen_precision == FrozenPrecision::Bf16 {
+            let mut device = None;
+            model.visit_linears_mut(&mut |_, lin| {
+                device.get_or_insert_with(|| lin.weight.val().device());
+            });
+            if device.is_some_and(|d| !B::supports_dtype(&d, burn::tensor::DType::BF16)) {
+                return Err(OsftError::UnsupportedDtype { key: "[osft] frozen_precision = \"bf16\"".into() });
+            }
+        }
         // 2. Resolve ranks.
         let mut infos = vec![];
         for (name, n, m, _) in &found {
