@@ -152,10 +152,7 @@ fn python_reference(script: &str, args: &[&std::ffi::OsStr]) -> Option<String> {
 /// Every JSON line a Python reference printed (None, with the reason printed, when it failed).
 fn python_reference_lines(script: &str, args: &[&std::ffi::OsStr]) -> Option<Vec<String>> {
     match Command::new(python()).current_dir(root()).arg(script).args(args).output() {
-        Ok(o) if o.status.success() => {
-            let lines: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(str::trim).filter(|l| l.starts_with('{')).map(String::from).collect();
-            (!lines.is_empty()).then_some(lines)
-        }
+        Ok(o) if o.status.success() => Some(json_lines(&o.stdout)).filter(|l| !l.is_empty()),
         Ok(o) => {
             println!(
                 "pytorch reference skipped: {} failed (set SCULPT_PYTHON to a Python with torch + transformers + gguf): {}",
@@ -466,7 +463,12 @@ fn bench_cl(rest: &[String]) -> Result<(), String> {
 }
 
 fn last_json_line(stdout: &[u8]) -> Option<String> {
-    String::from_utf8_lossy(stdout).lines().rev().find(|l| l.trim_start().starts_with('{')).map(str::to_string)
+    json_lines(stdout).pop()
+}
+
+/// The lines of `stdout` that hold a JSON object.
+fn json_lines(stdout: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stdout).lines().filter(|l| l.trim_start().starts_with('{')).map(str::to_string).collect()
 }
 
 /// Pull `"key": <number>` out of a flat JSON line (xtask has no serde on purpose).

@@ -122,7 +122,7 @@ pub fn run<B: Backend>(name: &str, device: &B::Device, a: &BenchArgs) -> anyhow:
     let mut opt = TaskOptimizer::<_, Autodiff<B>>::new(&cfg.train, decayed);
     // The trainer's automatic row shards for a model of this size.
     let shards = sculpt_train::step::row_shards::<Autodiff<B>>(None, burn::module::Module::num_params(&model));
-    let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: cfg.train.lr, max_grad_norm: 1.0, task: "bench", names: None, skip_non_finite: false, checkpoint_blocks: a.checkpoint, shards };
+    let cx = StepContext { osft: Some(&osft), trainable: &trainable, lr: cfg.train.lr, max_grad_norm: cfg.train.max_grad_norm, task: "bench", names: None, skip_non_finite: false, checkpoint_blocks: cfg.train.activation_checkpointing == sculpt_train::config::Checkpointing::Blocks, shards };
     let (mut model, _) = train_step(model, &batch, &mut opt, &cx, 0, None)?;
     sync::<B>(device);
     let t = Instant::now();

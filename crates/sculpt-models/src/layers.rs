@@ -249,7 +249,7 @@ impl<B: Backend> Linear<B> {
         let x = self.lowp(x);
         let training = |d: &LowRank<B>| d.u.val().is_require_grad() || d.vt.val().is_require_grad();
         let mut y = match &self.delta {
-            Some(d) if self.form.merges(b * s, d_out, d_in, d.s.dims()[0], training(d)) => x.matmul(self.lowp(w.cast(FloatDType::F32) + d.dense()).transpose()),
+            Some(d) if self.form.merges(b * s, d_out, d_in, d.s.dims()[0], training(d)) => x.matmul(self.lowp(self.effective_weight()).transpose()),
             // ((x Vtᵀ) ⊙ s) Uᵀ: r(in + out) multiply-adds per token, never the dense product.
             Some(d) => {
                 x.clone().matmul(self.lowp(w).transpose())

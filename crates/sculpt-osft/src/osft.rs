@@ -296,6 +296,16 @@ impl<B: AutodiffBackend> Osft<B> {
         let targets = TargetSet::new(&patterns)?;
         let policy = RankPolicy::new(cfg.rank.clone(), &cfg.rank_overrides)?;
         let mut model = if cfg.train_non_targets { model } else { model.no_grad() };
+        // Refused before any weight is copied off the device.
+        if cfg.frozen_precision == FrozenPrecision::Bf16 {
+            let mut device = None;
+            model.visit_linears_mut(&mut |_, lin| {
+                device.get_or_insert_with(|| lin.weight.val().device());
+            });
+            if device.is_some_and(|d| !B::supports_dtype(&d, burn::tensor::DType::BF16)) {
+                return Err(OsftError::UnsupportedDtype { key: "[osft] frozen_precision = \"bf16\"".into() });
+            }
+        }
 
         // 1. Collect the effective dense weights of the targets.
         //    On a backend with the cubecl kernels the randomized SVD runs there, on the
@@ -320,15 +330,6 @@ impl<B: AutodiffBackend> Osft<B> {
         });
         if found.is_empty() {
             return Err(OsftError::NoTargets { patterns });
-        }
-        if cfg.frozen_precision == FrozenPrecision::Bf16 {
-            let mut device = None;
-            model.visit_linears_mut(&mut |_, lin| {
-                device.get_or_insert_with(|| lin.weight.val().device());
-            });
-            if device.is_some_and(|d| !B::supports_dtype(&d, burn::tensor::DType::BF16)) {
-                return Err(OsftError::UnsupportedDtype { key: "[osft] frozen_precision = \"bf16\"".into() });
-            }
         }
         // 2. Resolve ranks.
         let mut infos = vec![];

@@ -32,15 +32,11 @@ pub enum TrainError {
         /// Which value.
         what: String,
     },
-    /// The config asks for something the backend's device cannot do.
-    #[error("{key} needs {what}, which this backend's device does not support{hint}")]
-    Unsupported {
+    /// The config asks for bf16 on a device that has no bf16.
+    #[error("{key} needs bf16 tensors, which this backend's device does not support (wgpu: WGSL has no bf16); use \"fp32\" there, or the cpu or cuda backend")]
+    UnsupportedDtype {
         /// The config key, with its value.
-        key: String,
-        /// The capability.
-        what: String,
-        /// What to do instead.
-        hint: String,
+        key: &'static str,
     },
     /// A stop was requested (SIGINT/SIGTERM); the run ended after a complete step.
     #[error("interrupted in task `{task}` after step {step}; {resume}")]

@@ -368,16 +368,14 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
             largest_block(matrices).max(head)
         }
     };
-    // Per-block checkpointing keeps one block's merged copies (per shard) at a time.
-    let merged_copies_checkpointed = match checkpointing {
-        Checkpointing::Ops => merged.iter().map(|(_, b)| b).sum(),
+    // Per-block checkpointing keeps one block's per-target copies (per shard) at a time; the op
+    // strategy keeps them all.
+    let alive = |copies: &[(String, u64)]| match checkpointing {
+        Checkpointing::Ops => copies.iter().map(|(_, b)| b).sum(),
         // Targets outside every block share one bucket.
-        _ => largest_block(merged.iter().map(|(n, b)| (Some(block_of(n).unwrap_or_default()), *b))),
+        _ => largest_block(copies.iter().map(|(n, b)| (Some(block_of(n).unwrap_or_default()), *b))),
     };
-    let frozen_copies_checkpointed = match checkpointing {
-        Checkpointing::Ops => frozen_copies.iter().map(|(_, b)| b).sum(),
-        _ => largest_block(frozen_copies.iter().map(|(n, b)| (Some(block_of(n).unwrap_or_default()), *b))),
-    };
+    let (merged_copies_checkpointed, frozen_copies_checkpointed) = (alive(&merged), alive(&frozen_copies));
     let (activations, ops, blocks) = activations(&config, batch, seq, bf16);
     let activations_checkpointed = if checkpointing == Checkpointing::Ops { ops } else { blocks };
     Ok(MemoryPlan { family, method: cfg.method, parameters, trainable, rows, activations, activations_checkpointed, checkpointing, bf16_copies_checkpointed, merged_copies_checkpointed, frozen_copies_checkpointed, batch, seq, bf16 })

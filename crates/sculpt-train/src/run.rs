@@ -280,19 +280,15 @@ fn remove_stale_partials(output: &Path) {
 /// Refuse, before anything is written, a config whose dtypes the device cannot compute in:
 /// bf16 on WebGPU, whose shading language has no bf16 (cubecl's wgsl compiler panics on it).
 pub fn check_device<B: burn::tensor::backend::Backend>(cfg: &RunConfig, device: &B::Device) -> Result<()> {
-    let mut keys = vec![];
-    if cfg.train.precision == crate::config::Precision::Bf16 {
-        keys.push("[train] precision = \"bf16\"");
-    }
-    if cfg.method == Method::Osft && cfg.osft.frozen_precision == sculpt_osft::FrozenPrecision::Bf16 {
-        keys.push("[osft] frozen_precision = \"bf16\"");
-    }
-    match keys.first() {
-        Some(key) if !B::supports_dtype(device, burn::tensor::DType::BF16) => Err(TrainError::Unsupported {
-            key: key.to_string(),
-            what: "bf16 tensors".into(),
-            hint: " (wgpu: WGSL has no bf16); use \"fp32\" there, or the cpu or cuda backend".into(),
-        }),
+    let key = if cfg.train.precision == crate::config::Precision::Bf16 {
+        Some("[train] precision = \"bf16\"")
+    } else if cfg.method == Method::Osft && cfg.osft.frozen_precision == sculpt_osft::FrozenPrecision::Bf16 {
+        Some("[osft] frozen_precision = \"bf16\"")
+    } else {
+        None
+    };
+    match key {
+        Some(key) if !B::supports_dtype(device, burn::tensor::DType::BF16) => Err(TrainError::UnsupportedDtype { key }),
         _ => Ok(()),
     }
 }
