@@ -139,7 +139,7 @@ fn kv_cache_gives_the_same_logits_as_a_full_forward() {
     let m = Pretrained::<Cpu>::load(&dir, &device).unwrap();
     let Model::Llama(l) = &m.model else { unreachable!() };
     let ids: Vec<u32> = vec![1, 17, 42, 99, 7, 3, 250, 12];
-    let full = to_host(l.forward(ids_tensor(&[ids.clone()], &device), None, None));
+    let full = to_host(l.forward(ids_tensor(std::slice::from_ref(&ids), &device), None, None));
     let mut cache = sculpt_models::llama::KvCache::new(l.config().num_hidden_layers);
     let a = to_host(l.forward(ids_tensor(&[ids[..5].to_vec()], &device), None, Some(&mut cache)));
     let b = to_host(l.forward(ids_tensor(&[ids[5..].to_vec()], &device), None, Some(&mut cache)));

@@ -29,7 +29,7 @@ fn smollm2_greedy_generation_matches_transformers() {
         let ids = m.encode(prompt).unwrap();
         assert_eq!(ids, ids_of(&case["prompt_ids"]), "prompt ids of {prompt:?}");
         // Logits of the last prompt position: fp32 over 30 layers, values ~15, summation order differs.
-        let logits = to_host(l.forward(ids_tensor(&[ids.clone()], &device), None, None));
+        let logits = to_host(l.forward(ids_tensor(std::slice::from_ref(&ids), &device), None, None));
         let v = l.config().vocab_size;
         let last = &logits.data[(ids.len() - 1) * v..ids.len() * v];
         for t in case["top5_last_prompt_position"].as_array().unwrap() {
@@ -79,9 +79,9 @@ fn randomized_svd_on_real_weights() {
             // c = U_eᵀ u_j (over the top k exact directions), residual = u_j − U_e c.
             let uj: Vec<f64> = (0..n).map(|i| rs.u[i * r + j] as f64).collect();
             let c: Vec<f64> = (0..k).map(|t| (0..n).map(|i| exact.u[i * r + t] as f64 * uj[i]).sum()).collect();
-            for i in 0..n {
+            for (i, &uji) in uj.iter().enumerate() {
                 let proj: f64 = (0..k).map(|t| exact.u[i * r + t] as f64 * c[t]).sum();
-                resid += (uj[i] - proj).powi(2);
+                resid += (uji - proj).powi(2);
             }
         }
         let sin = resid.sqrt();

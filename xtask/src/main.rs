@@ -338,23 +338,6 @@ fn median(r: &[f64]) -> f64 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ratios_keep_labels_in_order_and_median_is_the_middle() {
-        let mut r = Ratios::default();
-        for (label, x) in [("a", 3.0), ("b", 1.0), ("a", 1.0), ("a", 2.0), ("b", 5.0)] {
-            r.record(label, x);
-        }
-        assert_eq!(r.0, vec![("a".to_string(), vec![3.0, 1.0, 2.0]), ("b".to_string(), vec![1.0, 5.0])]);
-        assert_eq!(median(&[1.0, 2.0, 3.0]), 2.0);
-        assert_eq!(median(&[1.0, 5.0]), 3.0);
-        assert_eq!(median(&[4.0]), 4.0);
-    }
-}
-
 /// The `sculpt` binary named by `--bin`, or one built here with the features `backends` need.
 fn sculpt_binary(rest: &[String], backends: &[String]) -> Result<PathBuf, String> {
     if let Some(w) = rest.windows(2).find(|w| w[0] == "--bin") {
@@ -387,7 +370,7 @@ fn bench_backends(rest: &[String]) -> Result<(), String> {
     for b in &backends {
         let out = Command::new(&bin).args(["--backend", b, "bench"]).args(&pass).env("SCULPT_LOG", "warn").output().map_err(|e| format!("{}: {e}", bin.display()))?;
         let Some(line) = last_json_line(&out.stdout) else {
-            println!("{b}: no result ({})", String::from_utf8_lossy(&out.stderr).lines().filter(|l| !l.contains("XDG_RUNTIME_DIR")).last().unwrap_or(""));
+            println!("{b}: no result ({})", String::from_utf8_lossy(&out.stderr).lines().rfind(|l| !l.contains("XDG_RUNTIME_DIR")).unwrap_or(""));
             continue;
         };
         println!("{line}");
@@ -534,6 +517,9 @@ fn ci() -> Result<(), String> {
     run(cargo().args(["test", "-p", "sculpt-kernels", "--features", "wgpu,cuda"]))?;
     // The backend parity table, CPU and WGPU columns (WGPU on lavapipe).
     parity(&["--backend".into(), "cpu,wgpu".into(), "--bin".into(), target_dir().join("debug").join("sculpt").to_string_lossy().to_string()])?;
+    // Lints, every crate and target with every backend compiled in: a warning fails CI.
+    let features = "sculpt-cli/wgpu,sculpt-cli/cuda,sculpt-kernels/wgpu,sculpt-kernels/cuda";
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--features", features, "--", "-D", "warnings"]))?;
     Ok(())
 }
 
@@ -558,7 +544,7 @@ fn parity(rest: &[String]) -> Result<(), String> {
         let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with('{')).collect();
         if lines.is_empty() {
             let err = String::from_utf8_lossy(&out.stderr);
-            let msg = err.lines().filter(|l| !l.contains("XDG_RUNTIME_DIR")).last().unwrap_or("").to_string();
+            let msg = err.lines().rfind(|l| !l.contains("XDG_RUNTIME_DIR")).unwrap_or("").to_string();
             if b == "cuda" {
                 skipped.push(format!("cuda: {msg}"));
                 continue;
@@ -688,5 +674,22 @@ fn walk_size(p: &Path) -> u64 {
         Ok(m) if m.is_file() => m.len(),
         Ok(m) if m.is_dir() => std::fs::read_dir(p).map(|it| it.flatten().map(|e| walk_size(&e.path())).sum()).unwrap_or(0),
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_keep_labels_in_order_and_median_is_the_middle() {
+        let mut r = Ratios::default();
+        for (label, x) in [("a", 3.0), ("b", 1.0), ("a", 1.0), ("a", 2.0), ("b", 5.0)] {
+            r.record(label, x);
+        }
+        assert_eq!(r.0, vec![("a".to_string(), vec![3.0, 1.0, 2.0]), ("b".to_string(), vec![1.0, 5.0])]);
+        assert_eq!(median(&[1.0, 2.0, 3.0]), 2.0);
+        assert_eq!(median(&[1.0, 5.0]), 3.0);
+        assert_eq!(median(&[4.0]), 4.0);
     }
 }

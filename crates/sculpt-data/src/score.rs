@@ -130,7 +130,13 @@ fn and(a: &Counts, b: &Counts) -> Counts {
 
 /// Multiset difference (counts: `a − b`, positive only).
 fn minus(a: &Counts, b: &Counts) -> Counts {
-    a.iter().filter_map(|(g, &v)| (v > b.get(g).copied().unwrap_or(0)).then(|| (g.clone(), v - b.get(g).copied().unwrap_or(0)))).collect()
+    a.iter()
+        .filter_map(|(g, &v)| {
+            let w = b.get(g).copied().unwrap_or(0);
+            (v > w).then_some((g, v - w))
+        })
+        .map(|(g, d)| (g.clone(), d))
+        .collect()
 }
 
 fn f1(p: f64, r: f64) -> f64 {

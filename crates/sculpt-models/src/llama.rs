@@ -497,9 +497,9 @@ impl<B: Backend> Llama<B> {
         &self,
         input_ids: Tensor<B, 2, Int>,
         attention_mask: Option<Tensor<B, 2, Int>>,
-        mut cache: Option<&mut KvCache<B>>,
+        cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
-        let h = self.hidden_states(input_ids, attention_mask, cache.as_deref_mut());
+        let h = self.hidden_states(input_ids, attention_mask, cache);
         self.head(h)
     }
 

@@ -507,7 +507,7 @@ fn block_forward<B: Backend>(
     }
     let mut x = x + blk.self_attention.attend(normed, k, v, bias);
     if let (Some(att), Some(norm), Some((enc, enc_bias))) = (&blk.cross_attention, &blk.cross_attention_norm, encoder) {
-        let (k, v) = match cache.as_deref_mut() {
+        let (k, v) = match cache {
             Some(c) => c.cross_kv.get_or_insert_with(|| att.kv(enc.clone())).clone(),
             None => att.kv(enc.clone()),
         };

@@ -444,7 +444,11 @@ mod tests {
     }
 
     fn check_svd(a: &[f32], n: usize, m: usize, svd: &Svd, s_ref: &[f32], tol_s: f32) {
-        let r = svd.rank();
+        let r = n.min(m);
+        assert_eq!((svd.n, svd.m, svd.rank()), (n, m, r), "shape");
+        assert_eq!((svd.u.len(), svd.s.len(), svd.vt.len()), (n * r, r, r * m), "factor sizes");
+        assert_eq!(s_ref.len(), r, "reference spectrum");
+        assert!(svd.s.windows(2).all(|w| w[0] >= w[1]), "singular values not descending: {:?}", svd.s);
         let smax = s_ref[0].max(f32::MIN_POSITIVE);
         for (i, (&got, &want)) in svd.s.iter().zip(s_ref).enumerate() {
             assert!((got - want).abs() <= tol_s * smax, "σ_{i}: {got} vs {want}");

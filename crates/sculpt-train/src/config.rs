@@ -588,8 +588,8 @@ impl RunConfig {
         if !t.betas.iter().all(|b| (0.0..1.0).contains(b)) {
             return bad(format!("`train.betas` must lie in [0, 1), got {:?}", t.betas));
         }
-        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
-        if !(t.eps.is_finite() && t.eps > 0.0) || !non_negative(t.weight_decay) || !non_negative(t.max_grad_norm) {
+        let (positive, non_negative) = (|x: f64| x.is_finite() && x > 0.0, |x: f64| x.is_finite() && x >= 0.0);
+        if !positive(t.eps) || !non_negative(t.weight_decay) || !non_negative(t.max_grad_norm) {
             return bad("`train.eps` must be > 0 and `train.weight_decay`, `train.max_grad_norm` finite and ≥ 0".into());
         }
         if self.data.max_prompt_tokens < 2 || self.data.max_answer_tokens < 1 || self.eval.max_new_tokens < 1 {
