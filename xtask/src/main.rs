@@ -515,6 +515,8 @@ fn ci() -> Result<(), String> {
     // The projection kernels against their reference, on wgpu (lavapipe in CI); the CUDA cases
     // are `#[ignore]`d without a driver.
     run(cargo().args(["test", "-p", "sculpt-kernels", "--features", "wgpu,cuda"]))?;
+    // The library's own bf16 guard on wgpu (same features as the binary above: nothing rebuilt).
+    run(cargo().args(["test", "-p", "sculpt-cli", "--features", "wgpu,cuda", "--test", "wgpu"]))?;
     // The backend parity table, CPU and WGPU columns (WGPU on lavapipe).
     parity(&["--backend".into(), "cpu,wgpu".into(), "--bin".into(), target_dir().join("debug").join("sculpt").to_string_lossy().to_string()])?;
     // Lints, every crate and target with every backend compiled in: a warning fails CI.
