@@ -69,8 +69,8 @@ fi
 # The default run (no --cl): parity, the benches, the demo, then the 7B blocks with a bf16 W_high,
 # within one deadline so that the whole check fits one 10-minute call (what does not fit is
 # skipped, last sections first). BACKEND=wgpu (or cpu) runs the same sections on a
-# machine without an NVIDIA GPU (a dry run of this script); BENCH_7B overrides the 7B-shape
-# bench's arguments there.
+# machine without an NVIDIA GPU (a dry run of this script; `cargo xtask ci` runs one); BENCH_7B
+# and BENCH_SMOL override the two benches' arguments there.
 BACKEND="${BACKEND:-cuda}"
 DEADLINE=$(( $(date +%s) + ${CHECK_SECONDS:-540} ))
 # `section SECONDS cmd…`: run with the smaller of SECONDS and what is left before the deadline.
@@ -100,7 +100,7 @@ sample_stop() {
 }
 trap '[[ -n "$SAMPLER" ]] && kill "$SAMPLER" 2>/dev/null' EXIT
 # SmolLM2-135M's shapes (random weights), the CPU step bench's batch.
-SMOL=(--hidden 576 --intermediate 1536 --heads 9 --kv-heads 3 --layers 30 --batch 4 --seq 128 --reps 3)
+read -r -a SMOL <<< "${BENCH_SMOL:---hidden 576 --intermediate 1536 --heads 9 --kv-heads 3 --layers 30 --batch 4 --seq 128 --reps 3}"
 # Two LLaMA-2-7B blocks (the README's worked example per block: unfreeze 0.25, batch 8 × 512,
 # per-block checkpointing); multiply the per-block parts by 16 for the 32-block model.
 read -r -a BIG <<< "${BENCH_7B:---hidden 4096 --intermediate 11008 --heads 32 --kv-heads 32 --layers 2 --batch 8 --seq 512 --reps 2 --unfreeze 0.25 --checkpoint}"
@@ -108,8 +108,8 @@ read -r -a BIG <<< "${BENCH_7B:---hidden 4096 --intermediate 11008 --heads 32 --
   echo "# sculpt GPU check ($BACKEND), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo
   echo '```'
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | head -3
-  nproc
+  if command -v nvidia-smi > /dev/null; then nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | head -3; else echo "no nvidia-smi"; fi
+  echo "CPU cores: $(nproc)"
   cat "$CUDA_ENV"
   echo '```'
   echo

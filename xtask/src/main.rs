@@ -9,6 +9,7 @@
 //! cargo xtask bench cl               # SmolLM2 on a 4-task CL_Benchmark stream: osft vs seqft vs olora
 //! cargo xtask parity [--backend all]  # case × backend table against the CPU reference
 //! cargo xtask gpu-bundle             # a stripped CUDA binary to carry to a GPU machine
+//! cargo xtask gpu-check-dry-run      # scripts/gpu-check.sh on the CPU backend, small shapes (target/debug/sculpt)
 //! cargo xtask ci                     # what .ci/run runs after installing system packages
 //! ```
 
@@ -32,8 +33,9 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("parity") => parity(&args[1..]),
         Some("gpu-bundle") => gpu_bundle(&args[1..]),
+        Some("gpu-check-dry-run") => gpu_check_dry_run(),
         _ => Err(format!(
-            "usage: cargo xtask <fetch-smollm2 | fetch-nvrtc | bench [forward|svd|step|cl|all] | parity [--backend cpu,wgpu,cuda|all] [--bin PATH] | gpu-bundle | ci>\n  got: {:?}",
+            "usage: cargo xtask <fetch-smollm2 | fetch-nvrtc | bench [forward|svd|step|cl|all] | parity [--backend cpu,wgpu,cuda|all] [--bin PATH] | gpu-bundle | gpu-check-dry-run | ci>\n  got: {:?}",
             args
         )),
     };
@@ -559,9 +561,43 @@ fn ci() -> Result<(), String> {
     run(cargo().args(["test", "-p", "sculpt-cli", "--features", "wgpu,cuda", "--test", "wgpu"]))?;
     // The backend parity table, CPU and WGPU columns (WGPU on lavapipe).
     parity(&["--backend".into(), "cpu,wgpu".into(), "--bin".into(), target_dir().join("debug").join("sculpt").to_string_lossy().to_string()])?;
+    gpu_check_dry_run()?;
     // Lints, every crate and target with every backend compiled in: a warning fails CI.
     let features = "sculpt-cli/wgpu,sculpt-cli/cuda,sculpt-kernels/wgpu,sculpt-kernels/cuda";
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--features", features, "--", "-D", "warnings"]))?;
+    Ok(())
+}
+
+/// `scripts/gpu-check.sh` as a dry run: the CPU backend, small shapes for both benches. Every
+/// section must run and exit 0, every parity row pass and every bench print its JSON line, so
+/// the script that a GPU session depends on cannot rot between the rare sessions that have one.
+fn gpu_check_dry_run() -> Result<(), String> {
+    let out = target_dir().join("gpu-check-dry-run");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let small = "--hidden 128 --intermediate 344 --heads 4 --kv-heads 2 --layers 2 --batch 2 --seq 32 --reps 1";
+    run(Command::new("bash")
+        .current_dir(root())
+        .arg("scripts/gpu-check.sh")
+        .arg(target_dir().join("debug").join("sculpt"))
+        .env("OUT", &out)
+        .env("BACKEND", "cpu")
+        .env("BENCH_SMOL", small)
+        .env("BENCH_7B", format!("{small} --unfreeze 0.25 --checkpoint"))
+        .stdout(std::process::Stdio::null()))?;
+    let path = out.join("gpu-report.md");
+    let report = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let count = |p: &dyn Fn(&str) -> bool| report.lines().filter(|l| p(l)).count();
+    let (sections, ok) = (count(&|l| l.starts_with("exit ")), count(&|l| l.starts_with("exit 0 ")));
+    let (rows, passed) = (count(&|l| l.contains("\"case\"")), count(&|l| l.contains("\"case\"") && l.contains("\"pass\":true")));
+    let benches = count(&|l| l.starts_with("{\"backend\"") && l.contains("\"osft_step_tok_s\""));
+    if (sections, ok, benches) != (6, 6, 4) || rows == 0 || passed != rows || report.contains("skipped") {
+        return Err(format!(
+            "gpu-check.sh dry run: {ok} of {sections} sections exited 0 (6 expected), {passed} of {rows} parity rows passed, {benches} bench lines (4 expected); report {}",
+            path.display()
+        ));
+    }
+    eprintln!("xtask: gpu-check.sh dry run on the cpu backend: 6 sections, {rows} parity rows and 4 benches");
     Ok(())
 }
 
