@@ -530,6 +530,34 @@ fn wgpu_smoke() -> Result<(), String> {
     Ok(())
 }
 
+/// On a machine without an NVIDIA driver (CI's), `--backend cuda` must stop before any work with
+/// the missing pieces named (`sculpt_kernels::cuda_env`), not panic in a device thread after the
+/// host work. Skipped where the loader knows a `libcuda`.
+fn cuda_without_driver() -> Result<(), String> {
+    let ldconfig = Command::new("ldconfig").arg("-p").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    if ldconfig.contains("libcuda.so") {
+        eprintln!("xtask: this machine has a libcuda; the no-driver check of --backend cuda is skipped");
+        return Ok(());
+    }
+    let bin = target_dir().join("debug").join("sculpt");
+    let out_dir = std::env::temp_dir().join(format!("sculpt-cuda-refusal-{}", std::process::id()));
+    let out = Command::new(&bin)
+        .args(["--backend", "cuda", "demo", "--output"])
+        .arg(&out_dir)
+        .env("SCULPT_LOG", "warn")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    let wrote = out_dir.exists();
+    let _ = std::fs::remove_dir_all(&out_dir);
+    if out.status.success() || !err.contains("--backend cuda cannot run on this machine") || !err.contains("libcuda") || err.contains("panicked") || wrote {
+        return Err(format!("--backend cuda without a driver: expected a refusal naming libcuda before any output, got status {} (output folder written: {wrote}) and\n{err}", out.status));
+    }
+    eprintln!("xtask: --backend cuda without a driver stops first, naming what is missing");
+    Ok(())
+}
+
 /// The CI sequence (system packages are installed by `.ci/run` before this).
 fn ci() -> Result<(), String> {
     let cargo = || {
@@ -544,6 +572,7 @@ fn ci() -> Result<(), String> {
     run(cargo().args(["test", "--workspace"]))?;
     run(cargo().args(["build", "-p", "sculpt-cli", "--features", "wgpu,cuda"]))?;
     wgpu_smoke()?;
+    cuda_without_driver()?;
     // The projection kernels against their reference, on wgpu (lavapipe in CI); the CUDA cases
     // are `#[ignore]`d without a driver. The kernels' CUDA C++ is compiled by NVRTC for sm_90a
     // (`tests/cuda_codegen.rs`), required to happen whenever the NVRTC wheels could be fetched.

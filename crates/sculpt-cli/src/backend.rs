@@ -31,11 +31,16 @@ macro_rules! dispatch {
                 $body
             }
             #[cfg(feature = "cuda")]
-            $crate::backend::BackendKind::Cuda => {
-                type $B = burn::backend::Cuda;
-                let $device = burn::tensor::Device::<$B>::default();
-                $body
-            }
+            // The driver, NVRTC and the toolkit headers are checked before any work: cubecl-cuda
+            // would otherwise panic at the first kernel, after the host work, with a `RecvError`.
+            $crate::backend::BackendKind::Cuda => match sculpt_kernels::cuda_env::check() {
+                Err(problems) => Err(anyhow::anyhow!("--backend cuda cannot run on this machine:\n{problems}")),
+                Ok(()) => {
+                    type $B = burn::backend::Cuda;
+                    let $device = burn::tensor::Device::<$B>::default();
+                    $body
+                }
+            },
             #[allow(unreachable_patterns)]
             other => Err(anyhow::anyhow!(
                 "backend {other:?} is not compiled into this binary; rebuild with `--features {}`",

@@ -51,6 +51,9 @@ pub mod launch;
 #[cfg(feature = "cube")]
 mod fused;
 
+#[cfg(feature = "cuda")]
+pub mod cuda_env;
+
 /// burn's wgpu backend without the fusion decorator: `CubeBackend<WgpuRuntime, f32, i32, u32>`.
 #[cfg(feature = "wgpu")]
 pub type WgpuRaw = burn_cubecl::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
