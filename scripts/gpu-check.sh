@@ -119,10 +119,11 @@ read -r -a BIG <<< "${BENCH_7B:---hidden 4096 --intermediate 11008 --heads 32 --
   section 240 "$BIN" --backend "$BACKEND" parity --fixtures tests/fixtures/tiny
   echo '```'
   echo
-  echo "## Bench: SmolLM2-135M shapes, $BACKEND, then the CPU backend on this machine's cores"
+  echo "## Bench: SmolLM2-135M shapes, $BACKEND (projections as cubecl kernels, then as burn matmuls), then the CPU backend on this machine's cores"
   echo
   echo '```'
   section 90 "$BIN" --backend "$BACKEND" bench "${SMOL[@]}"
+  section 90 "$BIN" --backend "$BACKEND" bench "${SMOL[@]}" --tensor-projection
   section 120 "$BIN" --backend cpu bench "${SMOL[@]}"
   echo '```'
   echo
@@ -146,6 +147,12 @@ read -r -a BIG <<< "${BENCH_7B:---hidden 4096 --intermediate 11008 --heads 32 --
   sample_start
   section 200 "$BIN" --backend "$BACKEND" bench "${BIG[@]}" --frozen-bf16
   sample_stop
+  echo '```'
+  echo
+  echo "## Bench: the two 7B blocks with the projections as burn matmuls (--tensor-projection)"
+  echo
+  echo '```'
+  section 200 "$BIN" --backend "$BACKEND" bench "${BIG[@]}" --tensor-projection
   echo '```'
 } > "$REPORT" 2>&1
 cat "$REPORT"

@@ -397,7 +397,7 @@ fn bench_backends(rest: &[String]) -> Result<(), String> {
             pass.extend([w[0].clone(), w[1].clone()]);
         }
     }
-    pass.extend(rest.iter().filter(|a| ["--checkpoint", "--bf16", "--frozen-bf16"].contains(&a.as_str())).cloned());
+    pass.extend(rest.iter().filter(|a| ["--checkpoint", "--bf16", "--frozen-bf16", "--tensor-projection"].contains(&a.as_str())).cloned());
     let mut results: Vec<(String, f64, f64, f64)> = vec![];
     for b in &backends {
         let out = Command::new(&bin).args(["--backend", b, "bench"]).args(&pass).env("SCULPT_LOG", "warn").output().map_err(|e| format!("{}: {e}", bin.display()))?;
@@ -527,6 +527,21 @@ fn wgpu_smoke() -> Result<(), String> {
         }
     }
     eprintln!("xtask: wgpu refuses bf16 runs with the key named");
+    // The bench's projection switch: the cubecl kernels by default on wgpu, burn matmuls with
+    // --tensor-projection (what gpu-check.sh compares on cuda).
+    for (flag, kernels) in [(None, true), (Some("--tensor-projection"), false)] {
+        let out = Command::new(&bin)
+            .args(["--backend", "wgpu", "bench", "--hidden", "64", "--layers", "1", "--batch", "1", "--seq", "8", "--reps", "1"])
+            .args(flag)
+            .env("SCULPT_LOG", "warn")
+            .output()
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
+        let line = last_json_line(&out.stdout).unwrap_or_default();
+        if !out.status.success() || !line.contains(&format!("\"projection_kernels\":{kernels}")) {
+            return Err(format!("wgpu bench {flag:?}: expected projection_kernels {kernels}, got {line:?}\n{}", String::from_utf8_lossy(&out.stderr)));
+        }
+    }
+    eprintln!("xtask: wgpu bench projects with the kernels, or with burn matmuls when asked");
     Ok(())
 }
 
@@ -620,13 +635,13 @@ fn gpu_check_dry_run() -> Result<(), String> {
     let (sections, ok) = (count(&|l| l.starts_with("exit ")), count(&|l| l.starts_with("exit 0 ")));
     let (rows, passed) = (count(&|l| l.contains("\"case\"")), count(&|l| l.contains("\"case\"") && l.contains("\"pass\":true")));
     let benches = count(&|l| l.starts_with("{\"backend\"") && l.contains("\"osft_step_tok_s\""));
-    if (sections, ok, benches) != (6, 6, 4) || rows == 0 || passed != rows || report.contains("skipped") {
+    if (sections, ok, benches) != (8, 8, 6) || rows == 0 || passed != rows || report.contains("skipped") {
         return Err(format!(
-            "gpu-check.sh dry run: {ok} of {sections} sections exited 0 (6 expected), {passed} of {rows} parity rows passed, {benches} bench lines (4 expected); report {}",
+            "gpu-check.sh dry run: {ok} of {sections} sections exited 0 (8 expected), {passed} of {rows} parity rows passed, {benches} bench lines (6 expected); report {}",
             path.display()
         ));
     }
-    eprintln!("xtask: gpu-check.sh dry run on the cpu backend: 6 sections, {rows} parity rows and 4 benches");
+    eprintln!("xtask: gpu-check.sh dry run on the cpu backend: 8 sections, {rows} parity rows and 6 benches");
     Ok(())
 }
 

@@ -42,6 +42,8 @@ pub struct BenchArgs {
     pub bf16: bool,
     /// OSFT's `W_high` stored in bf16 (`[osft] frozen_precision = "bf16"`).
     pub frozen_bf16: bool,
+    /// Projections as burn matmuls (`[osft] projection = "tensor"`) instead of the kernels.
+    pub tensor_projection: bool,
 }
 
 fn sync<B: Backend>(device: &B::Device) {
@@ -63,6 +65,9 @@ fn run_config(dir: &std::path::Path, a: &BenchArgs) -> anyhow::Result<sculpt_tra
     }
     if a.frozen_bf16 {
         text += "frozen_precision = \"bf16\"\n";
+    }
+    if a.tensor_projection {
+        text += "projection = \"tensor\"\n";
     }
     text += "[[tasks]]\nname = \"bench\"\ndata = \"unused.jsonl\"\n";
     Ok(sculpt_train::RunConfig::from_toml(&dir.join("bench.toml"), &text)?)
