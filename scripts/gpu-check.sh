@@ -19,7 +19,7 @@ REPORT="$OUT/gpu-report.md"
 export SCULPT_LOG=warn
 # cubecl-cuda compiles kernels at run time with NVRTC, loaded by name (libnvrtc.so, .so.13, …),
 # and passes the toolkit's include folder to it: CUDA_PATH, else /usr/local/cuda, /opt/cuda or
-# /usr (it panics when none exists). Point both at what this machine has, where they are not
+# /usr (it panics when none exists; sculpt refuses to start then, naming what is missing). Point both at what this machine has, where they are not
 # already found: the toolkit beside `nvcc`, and the NVRTC of the toolkit or of a CUDA wheel.
 cuda_env() {
   if [[ -z "${CUDA_PATH:-}" && ! -d /usr/local/cuda && ! -d /opt/cuda ]] && command -v nvcc > /dev/null; then
@@ -35,7 +35,7 @@ cuda_env() {
   # No toolkit folder at all: a CUDA wheel's (nvidia/cu13) include folder serves NVRTC as well.
   if [[ -z "${CUDA_PATH:-}" && ! -d /usr/local/cuda && ! -d /opt/cuda && ! -e /usr/bin/nvcc ]]; then
     local inc
-    inc="$(python3 -c 'import nvidia, os; print(next(os.path.join(p, q) for p in nvidia.__path__ for q in sorted(os.listdir(p)) if os.path.exists(os.path.join(p, q, "include", "cuda_fp16.h"))))' 2>/dev/null)"
+    inc="$(python3 -c 'import nvidia, os; print(next(os.path.join(p, q) for p in nvidia.__path__ for q in sorted(os.listdir(p)) if os.path.exists(os.path.join(p, q, "include", "cuda_runtime.h"))))' 2>/dev/null)"
     [[ -n "$inc" ]] && export CUDA_PATH="$inc"
   fi
   echo "CUDA_PATH=${CUDA_PATH:-unset} (/usr/local/cuda: $([[ -d /usr/local/cuda ]] && echo present || echo absent)); nvcc: $(nvcc --version 2>/dev/null | tail -2 | head -1)"
@@ -66,8 +66,8 @@ if [[ "${2:-}" == "--cl" ]]; then
   cat "$REPORT"
   exit 0
 fi
-# The default run (no --cl): parity, the benches, the demo, then the 7B blocks with a bf16 W_high,
-# within one deadline so that the whole check fits one 10-minute call (what does not fit is
+# The default run (no --cl): parity, the benches, the demo, then the 7B blocks with a bf16 W_high
+# and with the projections as burn matmuls, within one deadline so that the whole check fits one 10-minute call (what does not fit is
 # skipped, last sections first). BACKEND=wgpu (or cpu) runs the same sections on a
 # machine without an NVIDIA GPU (a dry run of this script; `cargo xtask ci` runs one); BENCH_7B
 # and BENCH_SMOL override the two benches' arguments there.

@@ -131,11 +131,9 @@ fn and(a: &Counts, b: &Counts) -> Counts {
 /// Multiset difference (counts: `a − b`, positive only).
 fn minus(a: &Counts, b: &Counts) -> Counts {
     a.iter()
-        .filter_map(|(g, &v)| {
-            let w = b.get(g).copied().unwrap_or(0);
-            (v > w).then_some((g, v - w))
-        })
-        .map(|(g, d)| (g.clone(), d))
+        .map(|(g, &v)| (g, v, b.get(g).copied().unwrap_or(0)))
+        .filter(|&(_, v, w)| v > w)
+        .map(|(g, v, w)| (g.clone(), v - w))
         .collect()
 }
 
