@@ -731,7 +731,9 @@ fn text_field(json: &str, key: &str) -> Option<String> {
 /// and no network), strip and gzip it to `target/gpu/sculpt.gz` (small enough to carry), and
 /// print how to run `scripts/gpu-check.sh` with it.
 fn gpu_bundle(rest: &[String]) -> Result<(), String> {
-    run(Command::new("cargo").current_dir(root()).args(["build", "-p", "sculpt-cli", "--features", "cuda"]))?;
+    // CI's feature set (wgpu too), so a bundle reuses CI's artifacts instead of rebuilding burn
+    // for another feature set; stripped and gzipped it is the same size (21 MB).
+    run(Command::new("cargo").current_dir(root()).args(["build", "-p", "sculpt-cli", "--features", "wgpu,cuda"]))?;
     let bin = target_dir().join("debug").join("sculpt");
     let dir = root().join("target").join("gpu");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
