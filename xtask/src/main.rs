@@ -542,6 +542,22 @@ fn wgpu_smoke() -> Result<(), String> {
         }
     }
     eprintln!("xtask: wgpu bench projects with the kernels, or with burn matmuls when asked");
+    // With no Vulkan driver to find, the cause (cubecl-wgpu's panic in its device thread) and a
+    // hint reach the user, not only the main thread's `RecvError`.
+    let out = Command::new(&bin)
+        .args(["--backend", "wgpu", "parity", "--fixtures"])
+        .arg(root().join("tests/fixtures/tiny"))
+        .env("SCULPT_LOG", "error")
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || !err.contains("error: the Wgpu backend failed: No possible adapter") || !err.contains("mesa-vulkan-drivers") {
+        return Err(format!("wgpu without a Vulkan driver: expected the adapter error and the hint, got status {} and\n{err}", out.status));
+    }
+    eprintln!("xtask: wgpu without a Vulkan driver names the missing adapter");
     Ok(())
 }
 

@@ -200,8 +200,12 @@ fn main() -> std::process::ExitCode {
     let backend = cli.backend;
     // GPU runtimes report a missing driver or device by panicking on first use; turn that (and any
     // other panic) into one error line instead of a backtrace, unless RUST_BACKTRACE asks for it.
+    // The first panic's message is kept: a device thread's panic reaches the main thread only as
+    // a closed channel (`RecvError`), and the first one names the cause.
     if std::env::var_os("RUST_BACKTRACE").is_none() {
-        std::panic::set_hook(Box::new(|_| {}));
+        std::panic::set_hook(Box::new(|info| {
+            let _ = FIRST_PANIC.set(info.payload_as_str().unwrap_or("unknown panic").to_string());
+        }));
     }
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
         Ok(Ok(())) => std::process::ExitCode::SUCCESS,
@@ -228,11 +232,21 @@ fn main() -> std::process::ExitCode {
                 .map(String::as_str)
                 .or_else(|| payload.downcast_ref::<&str>().copied())
                 .unwrap_or("unknown panic");
-            eprintln!("error: the {backend:?} backend failed: {msg} (set RUST_BACKTRACE=1 for a backtrace)");
+            let first = FIRST_PANIC.get().filter(|first| first.as_str() != msg);
+            match first {
+                Some(first) => eprintln!("error: the {backend:?} backend failed: {first} (then, on the main thread: {msg}; set RUST_BACKTRACE=1 for a backtrace)"),
+                None => eprintln!("error: the {backend:?} backend failed: {msg} (set RUST_BACKTRACE=1 for a backtrace)"),
+            }
+            if first.map_or(msg, String::as_str).contains("No possible adapter") {
+                eprintln!("hint: wgpu found no GPU adapter: it needs a Vulkan (Linux), Metal (macOS) or DX12 (Windows) driver; a Linux machine without a GPU can use Mesa's software Vulkan driver, lavapipe (Debian/Ubuntu: apt install mesa-vulkan-drivers)");
+            }
             std::process::ExitCode::from(2)
         }
     }
 }
+
+/// The message of the process's first panic, on any thread (set by `main`'s panic hook).
+static FIRST_PANIC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Exit code of a run stopped by SIGINT/SIGTERM after a complete step (128 + SIGINT).
 const EXIT_INTERRUPTED: u8 = 130;
