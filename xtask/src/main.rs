@@ -56,6 +56,11 @@ fn root() -> PathBuf {
     dir.parent().expect("xtask sits in the workspace").to_path_buf()
 }
 
+/// The `sculpt` binary of a plain `cargo build -p sculpt-cli` (CI builds it with `wgpu,cuda`).
+fn debug_sculpt() -> PathBuf {
+    target_dir().join("debug").join("sculpt")
+}
+
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
 }
@@ -103,12 +108,14 @@ fn fetch_smollm2() -> Result<PathBuf, String> {
 /// Download [`NVRTC_WHEELS`] with pip and unpack them into `target/cuda-nvrtc/`; returns the
 /// folder that holds `lib/libnvrtc.so.13` and `include/cuda_runtime.h`, which
 /// `tests/cuda_codegen.rs` reads as `SCULPT_NVRTC_CUDA_PATH` (not `CUDA_PATH`: cudarc's build
-/// script reruns when cargo sees that change, and the whole CUDA stack is rebuilt). Idempotent; unpacked under a temporary name, then renamed.
+/// script reruns when cargo sees that change, and the whole CUDA stack is rebuilt). Idempotent;
+/// unpacked under a temporary name, then renamed.
 fn fetch_nvrtc() -> Result<PathBuf, String> {
+    let cu13 = |root: &Path| root.join("nvidia").join("cu13");
+    let complete = |cuda: &Path| cuda.join("include").join("cuda_runtime.h").is_file() && cuda.join("lib").join("libnvrtc.so.13").is_file();
     let base = target_dir().join("cuda-nvrtc");
-    let dest = base.join("nvidia").join("cu13");
-    if dest.join("include").join("cuda_runtime.h").is_file() && dest.join("lib").join("libnvrtc.so.13").is_file() {
-        return Ok(dest);
+    if complete(&cu13(&base)) {
+        return Ok(cu13(&base));
     }
     let wheels = target_dir().join("cuda-nvrtc-wheels");
     std::fs::create_dir_all(&wheels).map_err(|e| format!("{}: {e}", wheels.display()))?;
@@ -117,12 +124,12 @@ fn fetch_nvrtc() -> Result<PathBuf, String> {
     let _ = std::fs::remove_dir_all(&tmp);
     let script = "import glob, zipfile, sys\nfor w in sorted(glob.glob(sys.argv[1] + '/nvidia_cuda_*-13.0.*.whl')):\n    zipfile.ZipFile(w).extractall(sys.argv[2])\n";
     run(Command::new(python()).arg("-c").arg(script).arg(&wheels).arg(&tmp))?;
-    if !tmp.join("nvidia/cu13/lib/libnvrtc.so.13").is_file() || !tmp.join("nvidia/cu13/include/cuda_runtime.h").is_file() {
+    if !complete(&cu13(&tmp)) {
         return Err(format!("{}: the wheels did not hold nvidia/cu13/lib/libnvrtc.so.13 and nvidia/cu13/include/cuda_runtime.h", wheels.display()));
     }
     let _ = std::fs::remove_dir_all(&base);
     std::fs::rename(&tmp, &base).map_err(|e| format!("{}: {e}", base.display()))?;
-    Ok(dest)
+    Ok(cu13(&base))
 }
 
 /// Benches reported as ratios against a reference measured in the same run.
@@ -382,7 +389,7 @@ fn sculpt_binary(rest: &[String], backends: &[String]) -> Result<PathBuf, String
         c.args(["--features", &features.join(",")]);
     }
     run(&mut c)?;
-    Ok(target_dir().join("debug").join("sculpt"))
+    Ok(debug_sculpt())
 }
 
 /// The same forward and OSFT step on each backend (`sculpt bench`), as ratios to the CPU backend
@@ -494,10 +501,14 @@ fn number(json: &str, key: &str) -> Option<f64> {
     rest[..end].parse().ok()
 }
 
+/// The smallest `sculpt bench` shape, for checks of its switches rather than of its speed.
+const TINY_BENCH: [&str; 10] = ["--hidden", "64", "--layers", "1", "--batch", "1", "--seq", "8", "--reps", "1"];
+
 /// The wgpu backend on this machine (Mesa lavapipe in CI) generates exactly what transformers
-/// generated for a tiny fixture.
+/// generated for a tiny fixture; bf16 is refused with the key named; the bench's projection
+/// switch works; a missing Vulkan driver is named.
 fn wgpu_smoke() -> Result<(), String> {
-    let bin = target_dir().join("debug").join("sculpt");
+    let bin = debug_sculpt();
     let fixture = root().join("tests/fixtures/tiny/t5-v1_0-tiny");
     let out = Command::new(&bin)
         .args(["--backend", "wgpu", "generate", "--model"])
@@ -516,7 +527,7 @@ fn wgpu_smoke() -> Result<(), String> {
     // instead of panicking inside cubecl's shader compiler.
     for flag in ["--bf16", "--frozen-bf16"] {
         let out = Command::new(&bin)
-            .args(["--backend", "wgpu", "bench", "--hidden", "64", "--layers", "1", "--batch", "1", "--seq", "8", "--reps", "1", flag])
+            .args(["--backend", "wgpu", "bench"]).args(TINY_BENCH).arg(flag)
             .env("SCULPT_LOG", "warn")
             .output()
             .map_err(|e| format!("{}: {e}", bin.display()))?;
@@ -531,7 +542,7 @@ fn wgpu_smoke() -> Result<(), String> {
     // --tensor-projection (what gpu-check.sh compares on cuda).
     for (flag, kernels) in [(None, true), (Some("--tensor-projection"), false)] {
         let out = Command::new(&bin)
-            .args(["--backend", "wgpu", "bench", "--hidden", "64", "--layers", "1", "--batch", "1", "--seq", "8", "--reps", "1"])
+            .args(["--backend", "wgpu", "bench"]).args(TINY_BENCH)
             .args(flag)
             .env("SCULPT_LOG", "warn")
             .output()
@@ -570,7 +581,7 @@ fn cuda_without_driver() -> Result<(), String> {
         eprintln!("xtask: this machine has a libcuda; the no-driver check of --backend cuda is skipped");
         return Ok(());
     }
-    let bin = target_dir().join("debug").join("sculpt");
+    let bin = debug_sculpt();
     let out_dir = std::env::temp_dir().join(format!("sculpt-cuda-refusal-{}", std::process::id()));
     let out = Command::new(&bin)
         .args(["--backend", "cuda", "demo", "--output"])
@@ -620,7 +631,7 @@ fn ci() -> Result<(), String> {
     // The library's own bf16 guard on wgpu (same features as the binary above: nothing rebuilt).
     run(cargo().args(["test", "-p", "sculpt-cli", "--features", "wgpu,cuda", "--test", "wgpu"]))?;
     // The backend parity table, CPU and WGPU columns (WGPU on lavapipe).
-    parity(&["--backend".into(), "cpu,wgpu".into(), "--bin".into(), target_dir().join("debug").join("sculpt").to_string_lossy().to_string()])?;
+    parity(&["--backend".into(), "cpu,wgpu".into(), "--bin".into(), debug_sculpt().to_string_lossy().to_string()])?;
     gpu_check_dry_run()?;
     // Lints, every crate and target with every backend compiled in: a warning fails CI.
     let features = "sculpt-cli/wgpu,sculpt-cli/cuda,sculpt-kernels/wgpu,sculpt-kernels/cuda";
@@ -639,7 +650,7 @@ fn gpu_check_dry_run() -> Result<(), String> {
     run(Command::new("bash")
         .current_dir(root())
         .arg("scripts/gpu-check.sh")
-        .arg(target_dir().join("debug").join("sculpt"))
+        .arg(debug_sculpt())
         .env("OUT", &out)
         .env("BACKEND", "cpu")
         .env("BENCH_SMOL", small)
@@ -750,7 +761,7 @@ fn gpu_bundle(rest: &[String]) -> Result<(), String> {
     // CI's feature set (wgpu too), so a bundle reuses CI's artifacts instead of rebuilding burn
     // for another feature set; stripped and gzipped it is the same size (21 MB).
     run(Command::new("cargo").current_dir(root()).args(["build", "-p", "sculpt-cli", "--features", "wgpu,cuda"]))?;
-    let bin = target_dir().join("debug").join("sculpt");
+    let bin = debug_sculpt();
     let dir = root().join("target").join("gpu");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let stripped = dir.join("sculpt");

@@ -297,14 +297,8 @@ impl<B: AutodiffBackend> Osft<B> {
         let policy = RankPolicy::new(cfg.rank.clone(), &cfg.rank_overrides)?;
         let mut model = if cfg.train_non_targets { model } else { model.no_grad() };
         // Refused before any weight is copied off the device.
-        if cfg.frozen_precision == FrozenPrecision::Bf16 {
-            let mut device = None;
-            model.visit_linears_mut(&mut |_, lin| {
-                device.get_or_insert_with(|| lin.weight.val().device());
-            });
-            if device.is_some_and(|d| !B::supports_dtype(&d, burn::tensor::DType::BF16)) {
-                return Err(OsftError::UnsupportedDtype { key: "[osft] frozen_precision = \"bf16\"".into() });
-            }
+        if cfg.frozen_precision == FrozenPrecision::Bf16 && model.devices().first().is_some_and(|d| !B::supports_dtype(d, burn::tensor::DType::BF16)) {
+            return Err(OsftError::UnsupportedDtype { key: "[osft] frozen_precision = \"bf16\"".into() });
         }
 
         // 1. Collect the effective dense weights of the targets.
