@@ -66,8 +66,8 @@ if [[ "${2:-}" == "--cl" ]]; then
   cat "$REPORT"
   exit 0
 fi
-# The default run (no --cl): parity, the benches, the demo, then the 7B blocks with a bf16 W_high
-# and with the projections as burn matmuls, within one deadline so that the whole check fits one 10-minute call (what does not fit is
+# The default run (no --cl): parity, the benches, the demo, then the 7B blocks with a bf16 W_high,
+# with the high parts as factors and with the projections as burn matmuls, within one deadline so that the whole check fits one 10-minute call (what does not fit is
 # skipped, last sections first). BACKEND=wgpu (or cpu) runs the same sections on a
 # machine without an NVIDIA GPU (a dry run of this script; `cargo xtask ci` runs one); BENCH_7B
 # and BENCH_SMOL override the two benches' arguments there.
@@ -146,6 +146,14 @@ read -r -a BIG <<< "${BENCH_7B:---hidden 4096 --intermediate 11008 --heads 32 --
   echo '```'
   sample_start
   section 200 "$BIN" --backend "$BACKEND" bench "${BIG[@]}" --frozen-bf16
+  sample_stop
+  echo '```'
+  echo
+  echo "## Bench: the same two 7B blocks with the MLP's high parts held as factors (--frozen-factors)"
+  echo
+  echo '```'
+  sample_start
+  section 200 "$BIN" --backend "$BACKEND" bench "${BIG[@]}" --frozen-factors
   sample_stop
   echo '```'
   echo

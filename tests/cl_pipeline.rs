@@ -300,7 +300,9 @@ fn a_stop_at_a_task_boundary_ends_the_run_there() {
 /// stop request writes a mid-task checkpoint: module record, optimizer state, step count) and
 /// resumed each time, then stopped again inside task 2, ends with exactly the uninterrupted
 /// run's weights, matrix and loss curve — for OSFT (attached factors; also with a bf16 `W_high`,
-/// which the full-precision checkpoint stores as fp32), LoRA (adapters) and EWC (penalty state).
+/// which the full-precision checkpoint stores as fp32, and with the high parts held as factors,
+/// which the checkpoint stores as copies of the bases they share), LoRA (adapters) and EWC
+/// (penalty state).
 #[test]
 fn stopping_inside_a_task_and_resuming_is_bit_identical() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -308,18 +310,25 @@ fn stopping_inside_a_task_and_resuming_is_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let mut base = demo(dir.path(), 2);
     base.tasks.truncate(2);
-    for (method, bf16_frozen) in [(Method::Osft, false), (Method::Lora, false), (Method::Ewc, false), (Method::Osft, true)] {
+    for (method, variant) in [(Method::Osft, ""), (Method::Lora, ""), (Method::Ewc, ""), (Method::Osft, "bf16"), (Method::Osft, "factors")] {
         let mut cfg = base.clone();
         cfg.method = method;
-        let tag = format!("{}{}", method.name(), if bf16_frozen { "-bf16" } else { "" });
-        if bf16_frozen {
-            cfg.osft.frozen_precision = sculpt_osft::FrozenPrecision::Bf16;
+        let tag = if variant.is_empty() { method.name().to_string() } else { format!("{}-{variant}", method.name()) };
+        match variant {
+            "bf16" => cfg.osft.frozen_precision = sculpt_osft::FrozenPrecision::Bf16,
+            "factors" => cfg.osft.frozen_form = sculpt_osft::FrozenForm::Factors,
+            _ => {}
         }
         let method = tag.clone();
         cfg.output = dir.path().join(format!("ref-{tag}"));
         let full = train_with::<Ad>(&cfg, &Default::default(), RunOptions::default()).unwrap();
         let weights = read_model(&full.model_dir);
         let metrics = std::fs::read_to_string(cfg.output.join("metrics.jsonl")).unwrap();
+        if variant == "factors" {
+            let ranks: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cfg.output.join("osft_ranks.json")).unwrap()).unwrap();
+            let factored = ranks.to_string().matches("\"high_factors\":true").count();
+            assert!(factored > 0, "no target held its high part as factors: {ranks}");
+        }
 
         cfg.output = dir.path().join(format!("stopped-{tag}"));
         let stop = Arc::new(AtomicBool::new(true));

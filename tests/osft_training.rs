@@ -738,7 +738,7 @@ fn bf16_frozen_part_is_the_rounded_fp32_one_and_trains_alike() {
         }
     }
     // A full-precision module record (what mid-task checkpoints write) loads `W_high` as fp32;
-    // `restore_frozen_precision` puts it back into bf16 with the same values.
+    // `restore_frozen_storage` puts it back into bf16 with the same values.
     {
         use burn::module::Module;
         use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
@@ -747,11 +747,115 @@ fn bf16_frozen_part_is_the_rounded_fp32_one_and_trains_alike() {
         let mut back = bf.clone().load_record(recorder.load(bytes, &device).unwrap());
         let loaded = high(&mut back);
         println!("W_high after loading a record: {:?}", loaded.values().find(|v| v.1).map(|v| v.0));
-        bf_osft.restore_frozen_precision(&mut back);
+        bf_osft.restore_frozen_storage(&mut back);
         let restored = high(&mut back);
         assert_eq!(restored, after, "restoring changed a value or left a dtype");
     }
     // The merge is fp32: W_high (as fp32) + U diag(s) Vt.
     merge(&mut bf);
     assert!(high(&mut bf).values().all(|(d, attached, _)| *d == DType::F32 && !attached));
+}
+
+/// The start of a Flex tensor's storage: equal for two tensors that share one buffer.
+fn storage_ptr(t: burn::tensor::Tensor<Flex, 2>) -> usize {
+    t.into_primitive().tensor().bytes().as_ptr() as usize
+}
+
+/// `[osft] frozen_form = "factors"`: every target where the factors take less memory holds its
+/// high part as `U_h diag(s_h) Vt_h`, sharing the projection bases (one buffer), with an empty
+/// dense weight; the model at step 0 is the original up to the SVD's round-off; 40 AdamW steps
+/// give the dense run's losses and merged weights; the factors stay bit-identical and shared
+/// through a module record. Checked at PEFT's split (every target factored on the tiny model) and
+/// at `unfreeze` 0.25 (square targets stay dense, the others upload the complement side's factor).
+#[test]
+fn factored_high_parts_share_the_bases_and_train_like_dense_ones() {
+    use burn::module::Module;
+    use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+    use sculpt_osft::{high_as_factors, FrozenForm, RankRule};
+    let device = Default::default();
+    let name = "llama-gqa-untied-tiny";
+    let batch = batch_of(name);
+    let load = || {
+        let Model::Llama(m) = Pretrained::<Ad>::load(&tiny_fixture(name), &device).unwrap().model else { unreachable!() };
+        m
+    };
+    let ids = || sculpt_models::layers::ids_tensor(&batch.input_ids, &device);
+    let logits_before = to_host(load().forward(ids(), None, None));
+    let scale = logits_before.data.iter().fold(0f32, |a, x| a.max(x.abs()));
+    type Factors = std::collections::BTreeMap<String, (Vec<f32>, Vec<f32>, Vec<f32>)>;
+    let factors = |m: &mut sculpt_models::llama::Llama<Ad>| -> Factors {
+        let mut out = Factors::new();
+        m.visit_linears_mut(&mut |name, lin| {
+            if let Some(h) = &lin.high {
+                out.insert(name.to_string(), (to_host(h.u.val()).data, to_host(h.s.val()).data, to_host(h.vt.val()).data));
+            }
+        });
+        out
+    };
+    // Every factored target's frozen-basis sides are the bases' buffers, its complement sides not.
+    let check_sharing = |m: &mut sculpt_models::llama::Llama<Ad>, osft: &Osft<Ad>| {
+        let mut shared = 0;
+        m.visit_linears_mut(&mut |name, lin| {
+            let (Some(h), Some([(bu, cu), (bv, cv)])) = (&lin.high, osft.basis_tensors(name)) else { return };
+            for (factor, basis, complement, side) in [(h.u.val(), bu, cu, "U"), (h.vt.val(), bv, cv, "Vt")] {
+                let same = storage_ptr(factor.inner()) == storage_ptr(basis);
+                assert_eq!(same, !complement, "{name}: {side}_h shared {same}, complement basis {complement}");
+                shared += same as usize;
+            }
+        });
+        shared
+    };
+    let half = RankRule::default();
+    let quarter = RankRule::Unfreeze { fraction: 0.25 };
+    for (label, rule, all_factored) in [("preserve half", half, true), ("unfreeze 0.25", quarter, false)] {
+        let dense_cfg = OsftConfig { rank: rule.clone(), ..Default::default() };
+        let cfg = OsftConfig { frozen_form: FrozenForm::Factors, ..dense_cfg.clone() };
+        let (mut fm, f_osft) = Osft::attach(load(), &cfg, "llama", None).unwrap();
+        let (dm, d_osft) = Osft::attach(load(), &dense_cfg, "llama", None).unwrap();
+        let resolved = f_osft.resolved();
+        let factored: Vec<_> = resolved.iter().filter(|t| t.high_factors).map(|t| t.name.clone()).collect();
+        assert!(d_osft.resolved().iter().all(|t| !t.high_factors));
+        assert_eq!(factored.len() == resolved.len(), all_factored, "{label}: factored {factored:?}");
+        assert!(!factored.is_empty(), "{label}: no target factored");
+        fm.visit_linears_mut(&mut |name, lin| {
+            let Some(t) = resolved.iter().find(|t| t.name == name) else { return };
+            assert_eq!(t.high_factors, high_as_factors(FrozenForm::Factors, cfg.bases, t.n, t.m, t.k), "{name}");
+            assert_eq!(lin.high.is_some(), t.high_factors, "{label}: {name}");
+            assert_eq!(lin.dims(), [t.n, t.m]);
+            let w = lin.weight.val().dims();
+            assert_eq!(w, if t.high_factors { [0, t.m] } else { [t.n, t.m] }, "{label}: {name}'s dense weight");
+        });
+        let shared = check_sharing(&mut fm, &f_osft);
+        assert!(shared >= factored.len(), "{label}: {shared} shared sides over {} factored targets", factored.len());
+        // Step 0: the original model up to the SVD's round-off.
+        let moved = sculpt::max_abs_diff(&to_host(fm.forward(ids(), None, None)).data, &logits_before.data);
+        println!("{label}: {} of {} targets factored; step-0 logits moved by {moved:.2e} (largest {scale:.2})", factored.len(), resolved.len());
+        assert!(moved <= 1e-5 * scale, "{label}: step-0 logits moved by {moved}");
+
+        let before = factors(&mut fm);
+        let train = TrainSection { lr: 1e-2, max_grad_norm: 0.0, weight_decay: 0.01, ..Default::default() };
+        let (mut fm, f_last) = osft_steps(fm, &f_osft, &batch, &train, 40);
+        let (mut dm, d_last) = osft_steps(dm, &d_osft, &batch, &train, 40);
+        println!("{label}: 40 AdamW steps: loss {f_last:.6} (factors) vs {d_last:.6} (dense)");
+        assert!((f_last - d_last).abs() <= 1e-4 * d_last, "{label}: {f_last} vs {d_last}");
+        let (lu, lv) = f_osft.leakage(&mut fm);
+        assert!(lu <= 1e-5 && lv <= 1e-5, "{label}: low factors leaked: {lu}, {lv}");
+        assert_eq!(factors(&mut fm), before, "{label}: a frozen factor changed in training");
+        // A module record holds its own copies; restoring the storage shares the bases again.
+        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+        let bytes = recorder.record(fm.clone().into_record(), ()).unwrap();
+        let mut back = fm.clone().load_record(recorder.load(bytes, &device).unwrap());
+        f_osft.restore_frozen_storage(&mut back);
+        assert_eq!(factors(&mut back), before, "{label}: the record changed a factor");
+        assert_eq!(check_sharing(&mut back, &f_osft), shared, "{label}: sharing not restored");
+        // The merges agree, and leave plain dense layers.
+        merge(&mut fm);
+        merge(&mut dm);
+        let (wf, wd) = (fm.export().tensors, dm.export().tensors);
+        for (k, t) in &wd {
+            let err = max_rel_diff(&wf[k].data, &t.data);
+            assert!(err <= 1e-4, "{label}: merged `{k}` differs by {err}");
+        }
+        fm.visit_linears_mut(&mut |name, lin| assert!(lin.high.is_none() && lin.delta.is_none(), "{name} still attached"));
+    }
 }

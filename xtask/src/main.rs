@@ -404,7 +404,7 @@ fn bench_backends(rest: &[String]) -> Result<(), String> {
             pass.extend([w[0].clone(), w[1].clone()]);
         }
     }
-    pass.extend(rest.iter().filter(|a| ["--checkpoint", "--bf16", "--frozen-bf16", "--tensor-projection"].contains(&a.as_str())).cloned());
+    pass.extend(rest.iter().filter(|a| ["--checkpoint", "--bf16", "--frozen-bf16", "--frozen-factors", "--tensor-projection"].contains(&a.as_str())).cloned());
     let mut results: Vec<(String, f64, f64, f64)> = vec![];
     for b in &backends {
         let out = Command::new(&bin).args(["--backend", b, "bench"]).args(&pass).env("SCULPT_LOG", "warn").output().map_err(|e| format!("{}: {e}", bin.display()))?;
@@ -662,13 +662,13 @@ fn gpu_check_dry_run() -> Result<(), String> {
     let (sections, ok) = (count(&|l| l.starts_with("exit ")), count(&|l| l.starts_with("exit 0 ")));
     let (rows, passed) = (count(&|l| l.contains("\"case\"")), count(&|l| l.contains("\"case\"") && l.contains("\"pass\":true")));
     let benches = count(&|l| l.starts_with("{\"backend\"") && l.contains("\"osft_step_tok_s\""));
-    if (sections, ok, benches) != (8, 8, 6) || rows == 0 || passed != rows || report.contains("skipped") {
+    if (sections, ok, benches) != (9, 9, 7) || rows == 0 || passed != rows || report.contains("skipped") {
         return Err(format!(
-            "gpu-check.sh dry run: {ok} of {sections} sections exited 0 (8 expected), {passed} of {rows} parity rows passed, {benches} bench lines (6 expected); report {}",
+            "gpu-check.sh dry run: {ok} of {sections} sections exited 0 (9 expected), {passed} of {rows} parity rows passed, {benches} bench lines (7 expected); report {}",
             path.display()
         ));
     }
-    eprintln!("xtask: gpu-check.sh dry run on the cpu backend: 8 sections, {rows} parity rows and 6 benches");
+    eprintln!("xtask: gpu-check.sh dry run on the cpu backend: 9 sections, {rows} parity rows and 7 benches");
     Ok(())
 }
 

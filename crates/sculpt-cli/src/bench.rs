@@ -42,6 +42,8 @@ pub struct BenchArgs {
     pub bf16: bool,
     /// OSFT's `W_high` stored in bf16 (`[osft] frozen_precision = "bf16"`).
     pub frozen_bf16: bool,
+    /// OSFT's high parts held as factors (`[osft] frozen_form = "factors"`).
+    pub frozen_factors: bool,
     /// Projections as burn matmuls (`[osft] projection = "tensor"`) instead of the kernels.
     pub tensor_projection: bool,
 }
@@ -65,6 +67,9 @@ fn run_config(dir: &std::path::Path, a: &BenchArgs) -> anyhow::Result<sculpt_tra
     }
     if a.frozen_bf16 {
         text += "frozen_precision = \"bf16\"\n";
+    }
+    if a.frozen_factors {
+        text += "frozen_form = \"factors\"\n";
     }
     if a.tensor_projection {
         text += "projection = \"tensor\"\n";
@@ -145,7 +150,7 @@ pub fn run<B: Backend>(name: &str, device: &B::Device, a: &BenchArgs) -> anyhow:
     println!(
         "{}",
         serde_json::json!({"backend": name, "hidden": dims.hidden, "intermediate": dims.intermediate, "heads": dims.heads, "kv_heads": dims.kv_heads,
-            "layers": a.layers, "batch": a.batch, "seq": a.seq, "unfreeze": a.unfreeze, "checkpoint": a.checkpoint, "bf16": a.bf16, "frozen_bf16": a.frozen_bf16,
+            "layers": a.layers, "batch": a.batch, "seq": a.seq, "unfreeze": a.unfreeze, "checkpoint": a.checkpoint, "bf16": a.bf16, "frozen_bf16": a.frozen_bf16, "frozen_factors": a.frozen_factors,
             "parameters": plan.parameters, "trainable": plan.trainable, "write_s": write_s, "decompose_s": decompose,
             "forward_s": fwd, "forward_tok_s": tokens / fwd, "osft_step_s": step, "osft_step_tok_s": tokens / step,
             "projection_share": proj / a.reps as f64 / step, "projection_kernels": osft.uses_kernels(),

@@ -108,6 +108,10 @@ enum Command {
         /// Store OSFT's frozen `W_high` in bf16 (`[osft] frozen_precision = "bf16"`).
         #[arg(long)]
         frozen_bf16: bool,
+        /// Hold OSFT's frozen high parts as factors where that saves memory (`[osft]
+        /// frozen_form = "factors"`).
+        #[arg(long)]
+        frozen_factors: bool,
         /// Run the projections as burn matmuls, not the cubecl kernels (`[osft] projection =
         /// "tensor"`; the CPU backend always does).
         #[arg(long)]
@@ -291,9 +295,9 @@ fn run_on<B: burn::tensor::backend::Backend + sculpt_kernels::ProjectionOps>(com
                 Err(anyhow::anyhow!("parity failed on {name}: {}", failed.join(", ")))
             }
         }
-        Command::Bench { hidden, intermediate, heads, kv_heads, layers, batch, seq, reps, unfreeze, checkpoint, bf16, frozen_bf16, tensor_projection } => {
+        Command::Bench { hidden, intermediate, heads, kv_heads, layers, batch, seq, reps, unfreeze, checkpoint, bf16, frozen_bf16, frozen_factors, tensor_projection } => {
             let name = format!("{backend:?}").to_lowercase();
-            bench::run::<B>(&name, device, &bench::BenchArgs { hidden, intermediate, heads, kv_heads, layers, batch, seq, reps, unfreeze, checkpoint, bf16, frozen_bf16, tensor_projection })
+            bench::run::<B>(&name, device, &bench::BenchArgs { hidden, intermediate, heads, kv_heads, layers, batch, seq, reps, unfreeze, checkpoint, bf16, frozen_bf16, frozen_factors, tensor_projection })
         }
         Command::Plan { config, seq } => {
             let cfg = sculpt_train::RunConfig::load(&config)?;

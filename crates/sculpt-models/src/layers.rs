@@ -102,14 +102,21 @@ impl std::fmt::Debug for InputProbe {
 
 /// `y = x Wᵀ + ((x Vtᵀ) ⊙ s) Uᵀ + b` with `W: [out, in]` (Hugging Face layout) and an optional
 /// low-rank term (applied in the cheaper of two forms: [`LowRankForm`]).
+///
+/// The base `W` is either the dense `weight` or, when `high` is set, the frozen factors
+/// `U_h diag(s_h) Vt_h` (OSFT's `[osft] frozen_form = "factors"`); `weight` is then an empty
+/// `[0, in]` tensor.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
-    /// `[out, in]`.
+    /// `[out, in]` (`[0, in]` when `high` holds the base).
     pub weight: Param<Tensor<B, 2>>,
     /// `[out]`, when the checkpoint has one.
     pub bias: Option<Param<Tensor<B, 1>>>,
     /// A low-rank term added to `weight` (not part of the checkpoint; merge it before saving).
     pub delta: Option<LowRank<B>>,
+    /// The base weight as frozen factors instead of the dense `weight` (not part of the
+    /// checkpoint; merge before saving).
+    pub high: Option<LowRank<B>>,
     /// Input observer (calibration only).
     #[module(skip)]
     pub probe: InputProbe,
@@ -200,15 +207,32 @@ impl<B: Backend> Linear<B> {
     pub fn load(map: &mut TensorMap, prefix: &str, d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Result<Self> {
         let weight = load_param(map, &format!("{prefix}.weight"), [d_out, d_in], device)?;
         let bias = if bias { Some(load_param(map, &format!("{prefix}.bias"), [d_out], device)?) } else { None };
-        Ok(Linear { weight, bias, delta: None, probe: InputProbe::none(), compute: ComputeDtype::F32, form: LowRankForm::Auto })
+        Ok(Linear { weight, bias, delta: None, high: None, probe: InputProbe::none(), compute: ComputeDtype::F32, form: LowRankForm::Auto })
+    }
+
+    /// The dense base weight `[out, in]`: `weight`, or `U_h diag(s_h) Vt_h` when the base is
+    /// held as factors.
+    pub fn base_weight(&self) -> Tensor<B, 2> {
+        match &self.high {
+            Some(h) => h.dense(),
+            None => self.weight.val(),
+        }
+    }
+
+    /// `[out, in]` of the layer, whichever way its base is stored.
+    pub fn dims(&self) -> [usize; 2] {
+        match &self.high {
+            Some(h) => [h.u.dims()[0], h.vt.dims()[1]],
+            None => self.weight.dims(),
+        }
     }
 
     /// The effective dense weight `W + U diag(s) Vt`, `[out, in]`.
     pub fn effective_weight(&self) -> Tensor<B, 2> {
         match &self.delta {
             // fp32 whatever the stored base's precision (OSFT may keep `W_high` in bf16).
-            Some(d) => self.weight.val().cast(FloatDType::F32) + d.dense(),
-            None => self.weight.val(),
+            Some(d) => self.base_weight().cast(FloatDType::F32) + d.dense(),
+            None => self.base_weight(),
         }
     }
 
@@ -240,22 +264,23 @@ impl<B: Backend> Linear<B> {
     /// `x: [b, s, in] → [b, s, out]` (fp32 out whatever the compute precision).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, s, d_in] = x.dims();
-        let w = self.weight.val();
-        let d_out = w.dims()[0];
+        let d_out = self.dims()[0];
         let x = x.reshape([b * s, d_in]);
         if let Some(probe) = self.probe.get::<B>() {
             probe(x.clone());
         }
         let x = self.lowp(x);
         let training = |d: &LowRank<B>| d.u.val().is_require_grad() || d.vt.val().is_require_grad();
-        let mut y = match &self.delta {
-            Some(d) if self.form.merges(b * s, d_out, d_in, d.s.dims()[0], training(d)) => x.matmul(self.lowp(self.effective_weight()).transpose()),
-            // ((x Vtᵀ) ⊙ s) Uᵀ: r(in + out) multiply-adds per token, never the dense product.
-            Some(d) => {
-                x.clone().matmul(self.lowp(w).transpose())
-                    + (x.matmul(self.lowp(d.vt.val()).transpose()) * self.lowp(d.s.val()).unsqueeze::<2>()).matmul(self.lowp(d.u.val()).transpose())
-            }
-            None => x.matmul(self.lowp(w).transpose()),
+        // ((x Vtᵀ) ⊙ s) Uᵀ: r(in + out) multiply-adds per token, never the dense product.
+        let factored = |x: Tensor<B, 2>, f: &LowRank<B>| (x.matmul(self.lowp(f.vt.val()).transpose()) * self.lowp(f.s.val()).unsqueeze::<2>()).matmul(self.lowp(f.u.val()).transpose());
+        let mut y = match (&self.high, &self.delta) {
+            // A factored base stays factored, and so does the low-rank term: the merged form
+            // would materialise the dense matrix the factors are there to avoid.
+            (Some(h), Some(d)) => factored(x.clone(), h) + factored(x, d),
+            (Some(h), None) => factored(x, h),
+            (None, Some(d)) if self.form.merges(b * s, d_out, d_in, d.s.dims()[0], training(d)) => x.matmul(self.lowp(self.effective_weight()).transpose()),
+            (None, Some(d)) => x.clone().matmul(self.lowp(self.weight.val()).transpose()) + factored(x, d),
+            (None, None) => x.matmul(self.lowp(self.weight.val()).transpose()),
         };
         if self.compute != ComputeDtype::F32 {
             y = y.cast(FloatDType::F32);
@@ -389,7 +414,7 @@ mod tests {
 
     fn layer(n: usize, m: usize, r: usize, form: LowRankForm) -> Linear<Ad> {
         let delta = LowRank { u: param([n, r], 1), s: param([r], 2), vt: param([r, m], 3) };
-        Linear { weight: param([n, m], 4).set_require_grad(false), bias: None, delta: Some(delta), probe: InputProbe::none(), compute: ComputeDtype::F32, form }
+        Linear { weight: param([n, m], 4).set_require_grad(false), bias: None, delta: Some(delta), high: None, probe: InputProbe::none(), compute: ComputeDtype::F32, form }
     }
 
     /// Each form computes its own expression (bit for bit), `Auto` picks by the cost model, and
@@ -430,6 +455,39 @@ mod tests {
             let (sa, sb) = (df.s.val().grad(&gf).unwrap(), dm.s.val().grad(&gm).unwrap());
             let err = (sa.clone() - sb).abs().max().into_scalar() / sa.abs().max().into_scalar().max(1e-6);
             assert!(err < 1e-5, "T = {t}: ds differs by {err}");
+        }
+    }
+
+    /// A base held as frozen factors gives the output and gradients of the same base held
+    /// dense, in every low-rank form (they all stay factored), and reports the layer's shape.
+    #[test]
+    fn a_factored_base_equals_its_dense_product() {
+        let (n, m, r, k) = (24, 16, 6, 9);
+        let x = Tensor::<Ad, 3>::random([2, 5, m], Distribution::Uniform(-1.0, 1.0), &Default::default());
+        let high = || LowRank { u: param([n, k], 7).set_require_grad(false), s: param([k], 8).set_require_grad(false), vt: param([k, m], 9).set_require_grad(false) };
+        for form in [LowRankForm::Auto, LowRankForm::Factored, LowRankForm::Merged] {
+            let mut dense = layer(n, m, r, form);
+            dense.weight = Param::from_tensor(high().dense()).set_require_grad(false);
+            let mut fact = layer(n, m, r, form);
+            fact.weight = Param::from_tensor(Tensor::zeros([0, m], &Default::default())).set_require_grad(false);
+            fact.high = Some(high());
+            assert_eq!(fact.dims(), [n, m]);
+            fact.effective_weight().into_data().assert_approx_eq::<f32>(&dense.effective_weight().into_data(), burn::tensor::Tolerance::absolute(1e-6));
+            let xa = x.clone().require_grad();
+            let xb = x.clone().require_grad();
+            let (ya, yb) = (dense.forward(xa.clone()), fact.forward(xb.clone()));
+            ya.clone().into_data().assert_approx_eq::<f32>(&yb.clone().into_data(), burn::tensor::Tolerance::absolute(1e-5));
+            let (ga, gb) = ((ya.clone() * ya).sum().backward(), (yb.clone() * yb).sum().backward());
+            let (da, db) = (dense.delta.as_ref().unwrap(), fact.delta.as_ref().unwrap());
+            for (a, b) in [(da.u.val().grad(&ga).unwrap(), db.u.val().grad(&gb).unwrap()), (da.vt.val().grad(&ga).unwrap(), db.vt.val().grad(&gb).unwrap())] {
+                let err = (a.clone() - b).abs().max().into_scalar() / a.abs().max().into_scalar().max(1e-6);
+                assert!(err < 1e-5, "{form:?}: low-factor gradients differ by {err}");
+            }
+            let (a, b) = (xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap());
+            let err = (a.clone() - b).abs().max().into_scalar() / a.abs().max().into_scalar().max(1e-6);
+            assert!(err < 1e-5, "{form:?}: input gradients differ by {err}");
+            // The frozen factors get no gradient.
+            assert!(fact.high.as_ref().unwrap().u.val().grad(&gb).is_none());
         }
     }
 

@@ -14,5 +14,5 @@ pub mod svd;
 pub mod targets;
 
 pub use error::{OsftError, Result};
-pub use osft::{decompose_all, merge, CalibrationConfig, CalibrationSource, FrozenPrecision, Osft, OsftConfig, ProjectionBases, ProjectionImpl, ResolvedTarget, SvdMethod};
+pub use osft::{decompose_all, merge, CalibrationConfig, CalibrationSource, FrozenForm, FrozenPrecision, high_as_factors, Osft, OsftConfig, ProjectionBases, ProjectionImpl, ResolvedTarget, SvdMethod};
 pub use rank::{RankOverride, RankRule};

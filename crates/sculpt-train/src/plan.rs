@@ -270,6 +270,9 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
     let frozen_bf16 = cfg.method == Method::Osft && cfg.osft.frozen_precision == sculpt_osft::FrozenPrecision::Bf16;
     let mut frozen_copies: Vec<(String, u64)> = vec![];
     let mut read_as_stored: std::collections::BTreeSet<String> = Default::default();
+    // Targets whose high part is held as factors: what their products read, `k(n + m)` numbers
+    // (module name → count), in place of the dense `n·m`.
+    let mut read_as_factors: BTreeMap<String, u64> = BTreeMap::new();
     let opt_factor = if adam { 2 } else { 0 };
     let mut rows = vec![];
     let trainable: u64;
@@ -277,17 +280,31 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
         Method::Osft => {
             let policy = sculpt_osft::rank::RankPolicy::new(cfg.osft.rank.clone(), &cfg.osft.rank_overrides)?;
             let (mut dense, mut high, mut low) = (0u64, 0u64, 0u64);
+            // Targets whose high part is held as factors: the dense `n·m` they do not store, and
+            // the factor values they store beyond the shared bases.
+            let (mut replaced, mut factor_values, mut factored_targets) = (0u64, 0u64, 0usize);
             for (name, n, m) in matrices(&osft_patterns)? {
                 // The adaptive rule averages ρ = trr over the targets; plan with that.
                 let k = policy.rule_for(&name).retained(n, m, Some(1.0)) as u64;
+                let as_factors = sculpt_osft::high_as_factors(cfg.osft.frozen_form, cfg.osft.bases, n, m, k as usize);
                 let (n, m) = (n as u64, m as u64);
                 let r = n.min(m) - k;
-                dense += n * m;
                 // Each side stores the frozen basis, or the smaller complement one where it spans
                 // the same projection (`[osft] bases = "auto"`).
-                let side = |dim: u64| if cfg.osft.bases.complement(dim as usize, n as usize, m as usize, k as usize) { r } else { k };
+                let complement = |dim: u64| cfg.osft.bases.complement(dim as usize, n as usize, m as usize, k as usize);
+                let side = |dim: u64| if complement(dim) { r } else { k };
                 high += n * side(n) + m * side(m);
                 low += r * (n + m + 1);
+                if as_factors {
+                    // A factored high part keeps `s_h` and the factor of each side that
+                    // projects through its complement; the low-rank term stays factored.
+                    replaced += n * m;
+                    factor_values += k + if complement(n) { n * k } else { 0 } + if complement(m) { k * m } else { 0 };
+                    factored_targets += 1;
+                    read_as_factors.insert(name.clone(), k * (n + m));
+                    continue;
+                }
+                dense += n * m;
                 let merges = cfg.osft.forward.merges(tokens_per_call, n as usize, m as usize, r as usize, true);
                 if !bf16 && merges {
                     merged.push((name.clone(), F32 * n * m * shards as u64));
@@ -300,13 +317,16 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
                     }
                 }
             }
-            let others = parameters - dense;
+            let others = parameters - dense - replaced;
             let non_targets_train = if cfg.osft.train_non_targets { others } else { 0 };
             trainable = low + non_targets_train;
             if frozen_bf16 {
-                rows.push(PlanRow { what: "frozen weights (non-targets + dense W_high in bf16)".into(), bytes: F32 * (parameters - dense) + 2 * dense });
+                rows.push(PlanRow { what: "frozen weights (non-targets + dense W_high in bf16)".into(), bytes: F32 * others + 2 * dense });
             } else {
-                rows.push(PlanRow { what: "frozen weights (non-targets + dense W_high)".into(), bytes: F32 * parameters });
+                rows.push(PlanRow { what: "frozen weights (non-targets + dense W_high)".into(), bytes: F32 * (others + dense) });
+            }
+            if factored_targets > 0 {
+                rows.push(PlanRow { what: format!("high parts held as factors ({factored_targets} targets; s_h, unshared U_h/Vt_h)"), bytes: F32 * factor_values });
             }
             rows.push(PlanRow { what: "projection bases (U_h, Vt_h or complements)".into(), bytes: F32 * high });
             rows.push(PlanRow { what: "trainable low factors U_l, s_l, Vt_l".into(), bytes: F32 * low });
@@ -340,13 +360,16 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
         let what = format!("{FROZEN_COPIES} ({} targets, fp32 compute)", frozen_copies.len());
         rows.push(PlanRow { what, bytes: frozen_copies.iter().map(|(_, b)| b).sum() });
     }
-    let copied = |n: &str| !read_as_stored.contains(n.strip_suffix(".weight").unwrap_or(n));
+    let module = |n: &str| n.strip_suffix(".weight").unwrap_or(n).to_string();
+    let copied = |n: &str| !read_as_stored.contains(&module(n));
+    // What the products of a weight read: the dense matrix, or a factored high part's factors.
+    let read = |n: &str, sh: &[usize]| read_as_factors.get(&module(n)).copied().unwrap_or(sh.iter().product::<usize>() as u64);
     // The bf16 copies of the weights the products read, kept for the backward pass.
     let bf16_copies: u64 = if bf16 {
         2 * shapes
             .iter()
             .filter(|(n, sh)| sh.len() == 2 && !n.contains("embed_tokens") && !n.starts_with("shared") && copied(n))
-            .map(|(_, sh)| sh.iter().product::<usize>() as u64)
+            .map(|(n, sh)| read(n, sh))
             .sum::<u64>()
     } else {
         0
@@ -364,7 +387,7 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
         // One segment's copies at a time: a block's, or the untied head's.
         (true, _) => {
             let head: u64 = shapes.iter().filter(|(n, sh)| sh.len() == 2 && n.starts_with("lm_head")).map(|(_, sh)| 2 * sh.iter().product::<usize>() as u64).sum();
-            let matrices = shapes.iter().filter(|(n, sh)| sh.len() == 2 && copied(n)).map(|(n, sh)| (block_of(n), 2 * sh.iter().product::<usize>() as u64));
+            let matrices = shapes.iter().filter(|(n, sh)| sh.len() == 2 && copied(n)).map(|(n, sh)| (block_of(n), 2 * read(n, sh)));
             largest_block(matrices).max(head)
         }
     };
@@ -525,5 +548,28 @@ mod tests {
         assert_eq!(copies_bf(&fbb), 2 * 32000 * 4096);
         assert_eq!(fbb.frozen_copies_checkpointed, 0);
         assert_eq!(bf.totals().1 - fbb.totals().1, 2 * dense + bf.bf16_copies_checkpointed - fbb.bf16_copies_checkpointed);
+
+        // The high part as factors: the MLP targets (11008 × 4096, k 3072) keep `s_h` and
+        // `Vt_h` (their 4096 side projects through the complement) instead of the dense matrix;
+        // the square attention targets (k 3072 > R/2: both sides on the complement) stay dense.
+        let ff = plan(&cfg(dir.path(), "osft", "[train]\nbatch_size = 8\n[osft]\nrank = { rule = \"unfreeze\", fraction = 0.25 }\nfrozen_form = \"factors\"\n"), Some(512)).unwrap();
+        println!("{}", ff.to_text());
+        let factors = ff.rows.iter().find(|r| r.what.starts_with("high parts held as factors (96 targets")).expect("factors row").bytes;
+        assert_eq!(factors, 4 * 96 * (3072 + 3072 * 4096));
+        assert_eq!(frozen(&p) - frozen(&ff), 4 * 96 * 11008 * 4096);
+        assert_eq!(ff.trainable, p.trainable);
+        let saved = 4 * 96 * (11008 * 4096 - 3072 * 4096 - 3072);
+        assert_eq!(p.totals().1 - ff.totals().1, saved);
+        println!("batch 8 × 512, blocks, high parts as factors: {:.2} GiB (saves {:.2})", ff.totals().1 as f64 / (1u64 << 30) as f64, saved as f64 / (1u64 << 30) as f64);
+        // Together with bf16 storage of the attention targets' dense `W_high`.
+        let ffb = plan(&cfg(dir.path(), "osft", "[train]\nbatch_size = 8\n[osft]\nrank = { rule = \"unfreeze\", fraction = 0.25 }\nfrozen_form = \"factors\"\nfrozen_precision = \"bf16\"\n"), Some(512)).unwrap();
+        let attn: u64 = 32 * 4 * 4096 * 4096;
+        assert_eq!(ff.totals().1 - ffb.totals().1, 2 * attn - 4 * 4 * 4096 * 4096);
+        println!("{}", ffb.to_text());
+        println!("batch 8 × 512, blocks, factors + bf16 W_high: {:.2} GiB", ffb.totals().1 as f64 / (1u64 << 30) as f64);
+        // Under bf16 compute the factored targets' copies are of the factors they read.
+        let ffc = plan(&cfg(dir.path(), "osft", "[train]\nbatch_size = 8\nprecision = \"bf16\"\n[osft]\nrank = { rule = \"unfreeze\", fraction = 0.25 }\nfrozen_form = \"factors\"\n"), Some(512)).unwrap();
+        let copies_ff = ffc.rows.iter().find(|r| r.what.starts_with("bf16 copies")).expect("bf16 row").bytes;
+        assert_eq!(copies_ff - copies, 2 * 96 * (3072 * (11008 + 4096) - 11008 * 4096));
     }
 }

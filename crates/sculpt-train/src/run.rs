@@ -754,7 +754,7 @@ fn run_stream<B: AutodiffBackend, M: LanguageModel<B>>(mut model: M, cx: &Ctx<'_
                 model = model.load_record(rec);
                 if let Some(o) = osft.as_mut() {
                     o.refresh_ids(&mut model);
-                    o.restore_frozen_precision(&mut model);
+                    o.restore_frozen_storage(&mut model);
                 }
                 let mut low = vec![];
                 if cfg.method != Method::Osft {
