@@ -144,6 +144,8 @@ pub fn run<B: Backend>(name: &str, device: &B::Device, a: &BenchArgs) -> anyhow:
     }
     sync::<B>(device);
     let step = t.elapsed().as_secs_f64() / a.reps as f64;
+    // The trained model as it would be saved (merged), read back to the host.
+    sculpt_osft::merge(&mut model);
     let _ = model.export().tensors.len();
     let tokens = (a.batch * a.seq) as f64;
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;

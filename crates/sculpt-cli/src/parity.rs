@@ -148,6 +148,13 @@ pub fn run<B: Backend + ProjectionOps>(name: &str, device: &B::Device, fixtures:
     let (_, norm_c, fac_c) = osft_step::<Autodiff<Flex>>(&dir, &cfg, &cpu)?;
     push("osft step, complement bases: gradient norm", (norm_b - norm_c).abs() / norm_c.max(1e-12), 1e-4, "relative, as above");
     push("osft step, complement bases: low factors", max_abs(&fac_b, &fac_c), 1e-5, "as above");
+    // The same step with every target's high part held as factors that share the bases (at
+    // k = R/2 every target of the tiny model qualifies): the forward reads the bases' buffers.
+    let cfg = OsftConfig { frozen_form: sculpt_osft::FrozenForm::Factors, ..Default::default() };
+    let (loss_b, _, fac_b) = osft_step::<Autodiff<B>>(&dir, &cfg, device)?;
+    let (loss_c, _, fac_c) = osft_step::<Autodiff<Flex>>(&dir, &cfg, &cpu)?;
+    push("osft step, high parts as factors: loss", (loss_b - loss_c).abs(), 1e-5, "as the dense step's loss");
+    push("osft step, high parts as factors: low factors", max_abs(&fac_b, &fac_c), 1e-5, "as above");
 
     // 6. A 3-task micro stream (decompose, train, merge, evaluate) through the whole pipeline.
     let (m_b, w_b) = micro_stream::<Autodiff<B>>(device)?;

@@ -390,9 +390,16 @@ pub trait NamedParams<B: Backend> {
     fn visit_linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut Linear<B>));
 
     /// All parameter values on the host, by Hugging Face name (tied tensors once).
+    ///
+    /// Panics on a layer whose base is held as factors (its dense `weight` is empty): merge the
+    /// attached parts first, as the trainer does before every save.
     fn export(&self) -> TensorMap {
         let mut map = TensorMap::new("<memory>");
-        self.visit_params(&mut |name, p| map.insert(name, p.to_host()));
+        self.visit_params(&mut |name, p| {
+            let t = p.to_host();
+            assert!(t.shape.len() != 2 || t.shape[0] > 0, "export of `{name}` while its frozen high part is held as factors: merge first");
+            map.insert(name, t)
+        });
         map
     }
 }
