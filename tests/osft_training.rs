@@ -859,3 +859,41 @@ fn factored_high_parts_share_the_bases_and_train_like_dense_ones() {
         fm.visit_linears_mut(&mut |name, lin| assert!(lin.high.is_none() && lin.delta.is_none(), "{name} still attached"));
     }
 }
+
+/// High parts held as factors through the rest of the trainer's machinery: T5 (v1.0 and v1.1:
+/// attention, cross-attention and the gated and plain FFNs) and LLaMA (tied), with gradient
+/// accumulation, per-block checkpointing (the forward re-run on the inner backend) and two row
+/// shards (forks of the model) — three SGD steps give the dense run's losses and merged weights.
+#[test]
+fn factored_high_parts_train_like_dense_ones_on_t5_with_blocks_and_shards() {
+    use sculpt_osft::FrozenForm;
+    let device = Default::default();
+    fn go<M: LanguageModel<Ad>>(model: M, form: FrozenForm) -> (usize, Vec<f64>, std::collections::BTreeMap<String, Vec<f32>>) {
+        let family = model.family();
+        let cfg = OsftConfig { frozen_form: form, ..Default::default() };
+        let (model, o) = Osft::attach(model, &cfg, family, None).unwrap();
+        let factored = o.resolved().iter().filter(|t| t.high_factors).count();
+        let batches = vec![padded_batch(model.decoder_only()), padded_batch(model.decoder_only())];
+        let (losses, weights) = three_sgd_steps(model, Some(&o), &o.low_param_ids(), &batches, true, 2);
+        (factored, losses, weights)
+    }
+    for name in ["t5-v1_0-tiny", "t5-v1_1-tiny", "llama-tied-tiny"] {
+        let run = |form| match Pretrained::<Ad>::load(&tiny_fixture(name), &device).unwrap().model {
+            Model::Llama(m) => go(m, form),
+            Model::T5(m) => go(m, form),
+        };
+        let (nd, ld, wd) = run(FrozenForm::Dense);
+        let (nf, lf, wf) = run(FrozenForm::Factors);
+        println!("{name}: {nf} targets factored; losses {lf:?} vs dense {ld:?}");
+        assert_eq!(nd, 0);
+        assert!(nf > 0, "{name}: no target factored");
+        assert!(lf[2] < lf[0], "{name}: the run did not learn: {lf:?}");
+        for (a, b) in lf.iter().zip(&ld) {
+            assert!((a - b).abs() <= 1e-5 * b.abs(), "{name}: losses {lf:?} vs {ld:?}");
+        }
+        for (k, t) in &wd {
+            let err = max_rel_diff(&wf[k], t);
+            assert!(err <= 1e-4, "{name}: `{k}` differs by {err}");
+        }
+    }
+}
