@@ -680,6 +680,7 @@ mod tests {
             (format!("{MIN}[train]\nmax_grad_norm = inf\n"), "train.max_grad_norm"),
             (format!("{MIN}[osft]\nrank = {{ rule = \"preserve\", fraction = 2.0 }}\n"), "osft.rank"),
             (format!("{MIN}[osft]\ngrow = 1.5\n"), "osft.grow"),
+            (format!("{MIN}[osft]\nfrozen_form = \"sparse\"\n"), "frozen_form"),
             (format!("{MIN}[osft]\nrank_overrides = [{{ pattern = \"q\", rule = \"unfreeze\", fractoin = 0.2 }}]\n"), "fractoin"),
             (format!("{MIN}method = \"magic\"\n"), "method"),
             ("model = \"m\"\noutput = \"o\"\ntasks = []\n".to_string(), "tasks"),
@@ -696,12 +697,13 @@ mod tests {
 mod shipped_configs {
     use super::*;
 
-    /// Every config under `configs/` parses and validates.
+    /// Every config under `configs/` parses and validates, also with the `frozen_form` switch
+    /// that the paper's LLaMA configs carry as a comment.
     #[test]
     fn every_shipped_config_parses() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
         let mut stack = vec![root];
-        let mut n = 0;
+        let (mut n, mut switchable) = (0, 0);
         while let Some(dir) = stack.pop() {
             for e in std::fs::read_dir(&dir).unwrap().flatten() {
                 let p = e.path();
@@ -711,9 +713,17 @@ mod shipped_configs {
                     let text = std::fs::read_to_string(&p).unwrap();
                     RunConfig::from_toml(&p, &text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
                     n += 1;
+                    // The switch the paper's LLaMA configs suggest in a comment works uncommented.
+                    let switched = text.replace("# frozen_form = \"factors\"", "frozen_form = \"factors\"");
+                    if switched != text {
+                        let c = RunConfig::from_toml(&p, &switched).unwrap_or_else(|e| panic!("{} (frozen_form uncommented): {e}", p.display()));
+                        assert_eq!(c.osft.frozen_form, sculpt_osft::FrozenForm::Factors, "{}", p.display());
+                        switchable += 1;
+                    }
                 }
             }
         }
         assert!(n >= 12, "found only {n} configs");
+        assert_eq!(switchable, 7, "the LLaMA paper configs (6 orders and TRACE) suggest frozen_form");
     }
 }
