@@ -59,6 +59,10 @@ enum Command {
         /// data.max_answer_tokens).
         #[arg(long)]
         seq: Option<usize>,
+        /// Device memory in GiB (e.g. 74.5 for an 80 GB card): say whether the run fits, and if
+        /// not, which config changes make it fit, the least costly first.
+        #[arg(long, value_name = "GIB")]
+        fit: Option<f64>,
     },
     /// Backend parity: kernels, T5 and LLaMA forwards, one OSFT step and a 3-task micro stream on
     /// the selected backend against the CPU reference; one JSON line per case.
@@ -299,9 +303,13 @@ fn run_on<B: burn::tensor::backend::Backend + sculpt_kernels::ProjectionOps>(com
             let name = format!("{backend:?}").to_lowercase();
             bench::run::<B>(&name, device, &bench::BenchArgs { hidden, intermediate, heads, kv_heads, layers, batch, seq, reps, unfreeze, checkpoint, bf16, frozen_bf16, frozen_factors, tensor_projection })
         }
-        Command::Plan { config, seq } => {
+        Command::Plan { config, seq, fit } => {
             let cfg = sculpt_train::RunConfig::load(&config)?;
             print!("{}", sculpt_train::plan::plan(&cfg, seq)?.to_text());
+            if let Some(gib) = fit {
+                anyhow::ensure!(gib.is_finite() && gib > 0.0, "--fit: {gib} is not a positive number of GiB");
+                print!("{}", sculpt_train::plan::fit(&cfg, seq, (gib * (1u64 << 30) as f64) as u64)?.to_text());
+            }
             Ok(())
         }
         Command::Train { config, resume } => {

@@ -359,6 +359,15 @@ fn memory_plan_matches_the_measured_peak() {
     let plan = sculpt().args(["plan", "--config"]).arg(&cfg).output().unwrap();
     let plan_text = String::from_utf8_lossy(&plan.stdout).to_string();
     assert!(plan.status.success() && plan_text.contains("optimizer state (AdamW"), "{plan_text}");
+    // `--fit`: a generous budget fits as configured; a tiny one lists the changes tried, each
+    // with a lower total; a budget that is no number of GiB is refused naming the flag.
+    let fit = |gib: &str| sculpt().args(["plan", "--config"]).arg(&cfg).args(["--fit", gib]).output().unwrap();
+    let roomy = String::from_utf8_lossy(&fit("1000").stdout).to_string();
+    assert!(roomy.contains("fit in 1000.0 GiB") && roomy.contains("— it fits"), "{roomy}");
+    let tight = String::from_utf8_lossy(&fit("0.001").stdout).to_string();
+    assert!(tight.contains("it does not fit. Changes") && tight.contains("[train] batch_size = ") && tight.contains("no change tried fits"), "{tight}");
+    let bad = fit("0");
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--fit"), "{}", String::from_utf8_lossy(&bad.stderr));
     let out = sculpt().args(["train", "--config"]).arg(&cfg).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -404,6 +404,149 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
     Ok(MemoryPlan { family, method: cfg.method, parameters, trainable, rows, activations, activations_checkpointed, checkpointing, bf16_copies_checkpointed, merged_copies_checkpointed, frozen_copies_checkpointed, batch, seq, bf16 })
 }
 
+/// The planned total of `cfg`'s run as it is configured: with its activation checkpointing, or
+/// without when that is off.
+pub fn configured_total(cfg: &RunConfig, plan: &MemoryPlan) -> u64 {
+    if cfg.train.activation_checkpointing.enabled() {
+        plan.totals().1
+    } else {
+        plan.totals().0
+    }
+}
+
+/// One change [`fit`] tried, with the planned total once it (and every change before it) is made.
+#[derive(Debug, Clone, Serialize)]
+pub struct FitStep {
+    /// The config lines that make the change, as a user would write them.
+    pub change: String,
+    /// What it costs.
+    pub cost: &'static str,
+    /// The planned total with this and the earlier changes, in bytes.
+    pub total: u64,
+}
+
+/// What [`fit`] found.
+#[derive(Debug, Clone, Serialize)]
+pub struct FitAdvice {
+    /// The budget, in bytes.
+    pub budget: u64,
+    /// The planned total of the run as configured.
+    pub total: u64,
+    /// The changes tried, in order, each on top of the ones before; the last fits when
+    /// `fits` is set (empty when the run fits as configured).
+    pub steps: Vec<FitStep>,
+    /// Whether the run (as configured, or with `steps`) fits the budget.
+    pub fits: bool,
+}
+
+impl FitAdvice {
+    /// A human-readable summary.
+    pub fn to_text(&self) -> String {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let mut s = format!("fit in {:.1} GiB: the run as configured plans {:.1} GiB", gib(self.budget), gib(self.total));
+        if self.steps.is_empty() {
+            s.push_str(if self.fits { " — it fits\n" } else { " — it does not fit\n" });
+            return s;
+        }
+        s.push_str(" — it does not fit. Changes, each on top of the ones before:\n");
+        for st in &self.steps {
+            s.push_str(&format!("  {:<60}{:>8.1} GiB   ({})\n", st.change, gib(st.total), st.cost));
+        }
+        if self.fits {
+            s.push_str("the last total fits; make the changes above in the config\n");
+        } else {
+            s.push_str("no change tried fits: a smaller model, shorter sequences or the data-parallel sharding planned after the single-GPU path\n");
+        }
+        s
+    }
+}
+
+/// Whether `cfg`'s run fits `budget` bytes by its plan, and if not, which config changes make it
+/// fit: tried one after another, each kept, the least costly first — per-block activation
+/// checkpointing (exact; recomputes the forward), OSFT's high parts as factors (the SVD's
+/// round-off; +3 % flops on LLaMA-7B's MLP), micro-batches halved with twice the gradient
+/// accumulation while the batch is even (exact; smaller products), OSFT's dense `W_high` in bf16
+/// (one rounding), and bf16 mixed precision — until the plan fits. A change that would not
+/// lower the plan is skipped.
+pub fn fit(cfg: &RunConfig, seq: Option<usize>, budget: u64) -> Result<FitAdvice> {
+    let total = configured_total(cfg, &plan(cfg, seq)?);
+    let mut advice = FitAdvice { budget, total, steps: vec![], fits: total <= budget };
+    let mut c = cfg.clone();
+    let osft = c.method == Method::Osft;
+    let mut changes: Vec<(Box<dyn Fn(&mut RunConfig) -> Option<String>>, &'static str)> = vec![
+        (
+            Box::new(|c: &mut RunConfig| {
+                (c.train.activation_checkpointing != Checkpointing::Blocks).then(|| {
+                    c.train.activation_checkpointing = Checkpointing::Blocks;
+                    "[train] activation_checkpointing = \"blocks\"".to_string()
+                })
+            }),
+            "exact; the forward runs twice",
+        ),
+        (
+            Box::new(move |c: &mut RunConfig| {
+                (osft && c.osft.frozen_form != sculpt_osft::FrozenForm::Factors).then(|| {
+                    c.osft.frozen_form = sculpt_osft::FrozenForm::Factors;
+                    "[osft] frozen_form = \"factors\"".to_string()
+                })
+            }),
+            "the SVD's round-off; a few % more flops on the factored layers",
+        ),
+    ];
+    // Halving the micro-batch, as long as it stays a whole number.
+    for _ in 0..usize::BITS {
+        changes.push((
+            Box::new(|c: &mut RunConfig| {
+                (c.train.batch_size > 1 && c.train.batch_size.is_multiple_of(2)).then(|| {
+                    c.train.batch_size /= 2;
+                    c.train.grad_accumulation *= 2;
+                    format!("[train] batch_size = {}, grad_accumulation = {}", c.train.batch_size, c.train.grad_accumulation)
+                })
+            }),
+            "exact; the same batch in more, smaller products",
+        ));
+    }
+    changes.push((
+        Box::new(move |c: &mut RunConfig| {
+            (osft && c.osft.frozen_precision != sculpt_osft::FrozenPrecision::Bf16).then(|| {
+                c.osft.frozen_precision = sculpt_osft::FrozenPrecision::Bf16;
+                "[osft] frozen_precision = \"bf16\"".to_string()
+            })
+        }),
+        "one bf16 rounding of the dense W_high; not on wgpu",
+    ));
+    changes.push((
+        Box::new(|c: &mut RunConfig| {
+            (c.train.precision != crate::config::Precision::Bf16).then(|| {
+                c.train.precision = crate::config::Precision::Bf16;
+                "[train] precision = \"bf16\"".to_string()
+            })
+        }),
+        "bf16 products (fp32 master weights); not on wgpu",
+    ));
+    if advice.fits {
+        return Ok(advice);
+    }
+    let mut current = total;
+    for (change, cost) in changes.iter_mut() {
+        let mut trial = c.clone();
+        let Some(line) = change(&mut trial) else { continue };
+        let total = configured_total(&trial, &plan(&trial, seq)?);
+        // A change that does not lower the plan is not kept (bf16 products add bf16 copies of
+        // the weights, which can outweigh the smaller activations).
+        if total >= current {
+            continue;
+        }
+        (c, current) = (trial, total);
+        advice.steps.push(FitStep { change: line, cost, total });
+        if total <= budget {
+            advice.fits = true;
+            break;
+        }
+    }
+    Ok(advice)
+}
+
 /// Peak resident memory of this process so far (`VmHWM`), where the OS reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -584,6 +727,33 @@ mod tests {
         assert!(p_dense > 74.5 && p_small < 74.5 - 5.0, "{p_dense} / {p_small} GiB");
         // TRACE's 1536-token sequences need half-size micro-batches as well.
         assert!(trace_b4 < 74.5, "{trace_b4} GiB");
+
+        // `fit` finds those changes for an 80 GB card: the paper config needs the factors only;
+        // TRACE then halves its micro-batch once (the same steps as the configs' comments).
+        let card = (74.5 * (1u64 << 30) as f64) as u64;
+        let paper_cfg = cfg(dir.path(), "osft", "[train]\nbatch_size = 8\nactivation_checkpointing = \"blocks\"\n[osft]\nrank = { rule = \"adaptive\" }\n");
+        let a = fit(&paper_cfg, Some(562), card).unwrap();
+        println!("{}", a.to_text());
+        assert!(a.fits && !a.steps.is_empty());
+        assert_eq!(a.steps.iter().map(|s| s.change.as_str()).collect::<Vec<_>>(), ["[osft] frozen_form = \"factors\""]);
+        let t = fit(&paper_cfg, Some(1536), card).unwrap();
+        println!("{}", t.to_text());
+        assert_eq!(t.steps.iter().map(|s| s.change.as_str()).collect::<Vec<_>>(), ["[osft] frozen_form = \"factors\"", "[train] batch_size = 4, grad_accumulation = 2"]);
+        assert!(t.fits && (t.steps[1].total as f64 / (1u64 << 30) as f64 - trace_b4).abs() < 1e-9);
+        // Checkpointing off: turned on first. On a 141 GB card the paper run fits as it is.
+        let off = cfg(dir.path(), "osft", "[train]\nbatch_size = 8\nactivation_checkpointing = false\n[osft]\nrank = { rule = \"adaptive\" }\n");
+        let o = fit(&off, Some(562), card).unwrap();
+        assert_eq!(o.steps[0].change, "[train] activation_checkpointing = \"blocks\"");
+        assert!(o.steps[0].total < o.total);
+        let h200 = fit(&paper_cfg, Some(562), 131 << 30).unwrap();
+        assert!(h200.fits && h200.steps.is_empty());
+        // Nothing fits a 10 GiB card: every change is tried, the batch halved down to 1.
+        let none = fit(&paper_cfg, Some(562), 10 << 30).unwrap();
+        assert!(!none.fits);
+        assert!(none.steps.iter().any(|s| s.change == "[train] batch_size = 1, grad_accumulation = 8"));
+        assert!(none.steps.iter().any(|s| s.change == "[osft] frozen_precision = \"bf16\""));
+        assert!(none.steps.windows(2).all(|w| w[1].total < w[0].total), "a kept change did not lower the plan");
+        println!("{}", none.to_text());
         assert_eq!(copies_ff - copies, 2 * 96 * (3072 * (11008 + 4096) - 11008 * 4096));
     }
 }
