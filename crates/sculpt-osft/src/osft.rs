@@ -391,6 +391,14 @@ impl<B: AutodiffBackend> Osft<B> {
             let high_factors = high_as_factors(cfg.frozen_form, cfg.bases, *n, *m, k);
             infos.push(ResolvedTarget { name: name.clone(), n: *n, m: *m, k, r_low: n.min(m) - k, importance: imp, rule, floor, high_factors });
         }
+        if cfg.frozen_form == FrozenForm::Factors {
+            let n = infos.iter().filter(|t| t.high_factors).count();
+            if n == 0 {
+                tracing::warn!("[osft] frozen_form = \"factors\": no target holds less as factors than dense (square targets with k > R/2 project through their complements), so every high part stays dense");
+            } else {
+                tracing::info!(factored = n, targets = infos.len(), "high parts held as factors");
+            }
+        }
         // 3. Decompose, matrices in parallel (each SVD single-threaded: better use of the cores
         //    than parallelising inside one small SVD), and split each on the thread that
         //    decomposed it: the low factors, `W_high = W − U_l diag(s_l) Vt_l`, and each side's
