@@ -554,10 +554,11 @@ fn wgpu_smoke() -> Result<(), String> {
     }
     eprintln!("xtask: wgpu bench projects with the kernels, or with burn matmuls when asked");
     // With no Vulkan driver to find, the cause (cubecl-wgpu's panic in its device thread) and a
-    // hint reach the user, not only the main thread's `RecvError`.
+    // hint reach the user, not only the main thread's `RecvError`, before the demo writes anything.
+    let out_dir = std::env::temp_dir().join(format!("sculpt-wgpu-refusal-{}", std::process::id()));
     let out = Command::new(&bin)
-        .args(["--backend", "wgpu", "parity", "--fixtures"])
-        .arg(root().join("tests/fixtures/tiny"))
+        .args(["--backend", "wgpu", "demo", "--output"])
+        .arg(&out_dir)
         .env("SCULPT_LOG", "error")
         .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
         .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
@@ -565,10 +566,12 @@ fn wgpu_smoke() -> Result<(), String> {
         .output()
         .map_err(|e| format!("{}: {e}", bin.display()))?;
     let err = String::from_utf8_lossy(&out.stderr);
-    if out.status.success() || !err.contains("error: the Wgpu backend failed: No possible adapter") || !err.contains("mesa-vulkan-drivers") {
-        return Err(format!("wgpu without a Vulkan driver: expected the adapter error and the hint, got status {} and\n{err}", out.status));
+    let wrote = out_dir.exists();
+    let _ = std::fs::remove_dir_all(&out_dir);
+    if out.status.success() || !err.contains("error: the Wgpu backend failed: No possible adapter") || !err.contains("mesa-vulkan-drivers") || wrote {
+        return Err(format!("wgpu without a Vulkan driver: expected the adapter error and the hint before any output, got status {} (output folder written: {wrote}) and\n{err}", out.status));
     }
-    eprintln!("xtask: wgpu without a Vulkan driver names the missing adapter");
+    eprintln!("xtask: wgpu without a Vulkan driver names the missing adapter before writing anything");
     Ok(())
 }
 

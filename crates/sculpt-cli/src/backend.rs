@@ -28,6 +28,9 @@ macro_rules! dispatch {
             $crate::backend::BackendKind::Wgpu => {
                 type $B = burn::backend::Wgpu;
                 let $device = burn::tensor::Device::<$B>::default();
+                // The first operation selects the adapter: without a driver cubecl-wgpu panics
+                // here (reported by `main` with a hint), before anything is read or written.
+                let _ = burn::tensor::Tensor::<$B, 1>::zeros([1], &$device).into_data();
                 $body
             }
             #[cfg(feature = "cuda")]
