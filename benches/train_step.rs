@@ -60,7 +60,8 @@ fn main() {
     let train = TrainSection { lr: 1e-5, max_grad_norm: 1.0, ..Default::default() };
     // `osft`: PEFT's setting (k = R/2). `k0.8-*`: the adaptive rule's mean retained ratio
     // (trr 0.8) as a uniform rule, through the frozen bases and through the complement bases
-    // (`[osft] bases = "auto"`, cheaper when r < k).
+    // (`[osft] bases = "auto"`, cheaper when r < k). `osft-factors` (not run by default): PEFT's
+    // setting with the high parts held as factors (`[osft] frozen_form = "factors"`).
     let only = arg("--methods", "full,osft,k0.8-frozen,k0.8-complement");
     // `--forward auto,factored`: how the OSFT rows apply their low-rank terms, one row each
     // (`sculpt-osft` for auto, `sculpt-osft-factored`, `sculpt-osft-merged`).
@@ -68,7 +69,7 @@ fn main() {
         .split(',')
         .map(|f| serde_json::from_value(serde_json::Value::String(f.into())).expect("--forward: auto, factored or merged"))
         .collect();
-    let runs = ["full", "osft", "k0.8-frozen", "k0.8-complement"].into_iter().flat_map(|m| {
+    let runs = ["full", "osft", "osft-factors", "k0.8-frozen", "k0.8-complement"].into_iter().flat_map(|m| {
         let forms = if m == "full" { vec![LowRankForm::Auto] } else { forwards.clone() };
         forms.into_iter().map(move |f| (m, f))
     });
@@ -86,6 +87,7 @@ fn main() {
         let (osft, trainable, decayed) = if method != "full" {
             let cfg = match method {
                 "osft" => OsftConfig { forward, ..Default::default() },
+                "osft-factors" => OsftConfig { forward, frozen_form: sculpt_osft::FrozenForm::Factors, ..Default::default() },
                 _ => OsftConfig {
                     rank: RankRule::Preserve { fraction: Some(0.8), count: None },
                     bases: if method == "k0.8-frozen" { ProjectionBases::High } else { ProjectionBases::Auto },
