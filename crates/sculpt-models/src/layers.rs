@@ -178,6 +178,31 @@ pub fn merged_is_cheaper(tokens: usize, n: usize, m: usize, r: usize, training: 
     }
 }
 
+/// As [`merged_is_cheaper`] for a layer whose base is held as rank-`k` factors (OSFT's
+/// `frozen_form = "factors"`). Factored, the base costs `Tk(n + m)` in the forward and again in
+/// the backward (it has no weight gradient): `2Tk(n+m) + 3Tr(n+m)` with the low-rank term. Merged,
+/// the call first forms `U_h diag(s_h) Vt_h + U diag(s) Vt` (`nm(k + r)`), then `3Tnm` and the two
+/// `nmr` products of the factors' gradients. Forward only: `T(k+r)(n+m)` against `nm(k+r) + Tnm`.
+pub fn merged_is_cheaper_on_factors(tokens: usize, n: usize, m: usize, k: usize, r: usize, training: bool) -> bool {
+    let (t, n, m, k, r) = (tokens as f64, n as f64, m as f64, k as f64, r as f64);
+    if training {
+        3.0 * t * n * m + n * m * (k + r) + 2.0 * n * m * r < 2.0 * t * k * (n + m) + 3.0 * t * r * (n + m)
+    } else {
+        n * m * (k + r) + t * n * m < t * (k + r) * (n + m)
+    }
+}
+
+impl LowRankForm {
+    /// [`LowRankForm::merges`] for a layer whose base is held as rank-`k` factors.
+    pub fn merges_on_factors(self, tokens: usize, n: usize, m: usize, k: usize, r: usize, training: bool) -> bool {
+        match self {
+            LowRankForm::Factored => false,
+            LowRankForm::Merged => true,
+            LowRankForm::Auto => merged_is_cheaper_on_factors(tokens, n, m, k, r, training),
+        }
+    }
+}
+
 /// Set how every linear layer of `model` applies an attached low-rank term.
 pub fn set_low_rank_form<B: Backend, M: NamedParams<B>>(model: &mut M, form: LowRankForm) {
     model.visit_linears_mut(&mut |_, lin| lin.form = form);
@@ -274,8 +299,9 @@ impl<B: Backend> Linear<B> {
         // ((x Vtᵀ) ⊙ s) Uᵀ: r(in + out) multiply-adds per token, never the dense product.
         let factored = |x: Tensor<B, 2>, f: &LowRank<B>| (x.matmul(self.lowp(f.vt.val()).transpose()) * self.lowp(f.s.val()).unsqueeze::<2>()).matmul(self.lowp(f.u.val()).transpose());
         let mut y = match (&self.high, &self.delta) {
-            // A factored base stays factored, and so does the low-rank term: the merged form
-            // would materialise the dense matrix the factors are there to avoid.
+            // A factored base: both terms factored, or (when the call carries enough tokens to
+            // pay for it) the whole matrix formed for this call.
+            (Some(h), Some(d)) if self.form.merges_on_factors(b * s, d_out, d_in, h.s.dims()[0], d.s.dims()[0], training(d)) => x.matmul(self.lowp(self.effective_weight()).transpose()),
             (Some(h), Some(d)) => factored(x.clone(), h) + factored(x, d),
             (Some(h), None) => factored(x, h),
             (None, Some(d)) if self.form.merges(b * s, d_out, d_in, d.s.dims()[0], training(d)) => x.matmul(self.lowp(self.effective_weight()).transpose()),
@@ -466,7 +492,7 @@ mod tests {
     }
 
     /// A base held as frozen factors gives the output and gradients of the same base held
-    /// dense, in every low-rank form (they all stay factored), and reports the layer's shape.
+    /// dense, in every low-rank form, and reports the layer's shape.
     #[test]
     fn a_factored_base_equals_its_dense_product() {
         let (n, m, r, k) = (24, 16, 6, 9);
@@ -496,6 +522,22 @@ mod tests {
             // The frozen factors get no gradient.
             assert!(fact.high.as_ref().unwrap().u.val().grad(&gb).is_none());
         }
+    }
+
+    /// On a factored base the forms cost differently: SmolLM2's MLP (1536 × 576 at PEFT's split,
+    /// k = r = 288) stays factored in a 256-token row shard (the factored base is cheaper there
+    /// than the dense one) and merges at 4096 tokens; LLaMA-2-7B's MLP at `unfreeze` 0.25
+    /// (k 3072, r 1024) stays factored at 4096.
+    #[test]
+    fn the_factored_base_cost_model() {
+        assert!(!merged_is_cheaper_on_factors(256, 1536, 576, 288, 288, true));
+        assert!(merged_is_cheaper_on_factors(4096, 1536, 576, 288, 288, true));
+        assert!(!merged_is_cheaper_on_factors(4096, 11008, 4096, 3072, 1024, true));
+        // Forward only: merging pays once T(k + r)(n + m) > nm(k + r) + Tnm.
+        assert!(!merged_is_cheaper_on_factors(300, 576, 576, 288, 288, false));
+        assert!(merged_is_cheaper_on_factors(600, 576, 576, 288, 288, false));
+        // The forms' outputs agree (the factored-base test above runs all three).
+        assert!(LowRankForm::Merged.merges_on_factors(1, 8, 8, 4, 4, true) && !LowRankForm::Factored.merges_on_factors(1 << 20, 8, 8, 4, 4, true));
     }
 
     #[test]

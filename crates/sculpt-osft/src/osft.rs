@@ -121,8 +121,9 @@ pub enum FrozenForm {
     /// MLP) keeps `k·min(n, m) + k` new numbers instead of `n·m`, and a square one with
     /// `k ≤ R/2` (both sides on their frozen bases) only `s_h`; a square one with `k > R/2`
     /// (both sides on the complement) stays dense. The products then cost
-    /// `k(n + m)` per token instead of `nm` (+3 % on LLaMA-2-7B's MLP at `unfreeze` 0.25), the
-    /// low-rank term always multiplies factored, and the model at step 0 (and each merge) is
+    /// `k(n + m)` per token instead of `nm` (+3 % on LLaMA-2-7B's MLP at `unfreeze` 0.25; a call
+    /// with many tokens may form the whole matrix instead, by
+    /// [`sculpt_models::layers::merged_is_cheaper_on_factors`]), and the model at step 0 (and each merge) is
     /// the original up to the SVD's reconstruction error (≤ 1e-5 relative) instead of one
     /// rounding. Targets where the factors would not save memory stay dense.
     Factors,

@@ -297,11 +297,18 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
                 low += r * (n + m + 1);
                 if as_factors {
                     // A factored high part keeps `s_h` and the factor of each side that
-                    // projects through its complement; the low-rank term stays factored.
+                    // projects through its complement. A call that merges forms the whole
+                    // matrix and keeps it for the backward, as a dense target's merged call does.
                     replaced += n * m;
                     factor_values += k + if complement(n) { n * k } else { 0 } + if complement(m) { k * m } else { 0 };
                     factored_targets += 1;
-                    read_as_factors.insert(name.clone(), k * (n + m));
+                    if cfg.osft.forward.merges_on_factors(tokens_per_call, n as usize, m as usize, k as usize, r as usize, true) {
+                        if !bf16 {
+                            merged.push((name.clone(), F32 * n * m * shards as u64));
+                        }
+                    } else {
+                        read_as_factors.insert(name.clone(), k * (n + m));
+                    }
                     continue;
                 }
                 dense += n * m;
