@@ -277,7 +277,7 @@ fn bench_step(rest: &[String]) -> Result<(), String> {
     let mut ratios = Ratios::default();
     for pair in 1..=repeat.max(1) {
         let mut sculpt_args = args.clone();
-        sculpt_args.extend(["--accumulate".as_ref(), accumulate.as_ref()] as [&std::ffi::OsStr; 2]);
+        sculpt_args.extend(["--accumulate".as_ref(), accumulate.as_ref(), "--methods".as_ref(), "full,osft,osft-factors,k0.8-frozen,k0.8-complement".as_ref()] as [&std::ffi::OsStr; 4]);
         let lines = cargo_bench("train_step", &sculpt_args, &threads)?;
         for l in &lines {
             println!("{l}");
@@ -285,6 +285,10 @@ fn bench_step(rest: &[String]) -> Result<(), String> {
         if let (Some(full), Some(osft)) = (get(&lines, "sculpt-full"), get(&lines, "sculpt-osft")) {
             println!("pair {pair}: train step, SmolLM2-135M, batch {batch} × seq {seq}: OSFT {osft:.2} s vs plain full FT {full:.2} s = {:.2}× (goal ≤ 1.15×)", osft / full);
             ratios.record("sculpt OSFT step / sculpt plain step (goal ≤ 1.15)", osft / full);
+            if let Some(fac) = get(&lines, "sculpt-osft-factors") {
+                println!("pair {pair}: OSFT with the high parts as factors {fac:.2} s = {:.2}× plain, {:.2}× the dense-W_high OSFT step", fac / full, fac / osft);
+                ratios.record("sculpt OSFT step, high parts as factors / sculpt plain step", fac / full);
+            }
             let frac = |name: &str| line(&lines, name).and_then(|l| number(&l, "projection_fraction"));
             if let (Some(p), Some(b)) = (frac("sculpt-osft"), line(&lines, "sculpt-osft").and_then(|l| number(&l, "busy_cores"))) {
                 println!("projections {:.1} % of the OSFT step at {} tokens (goal ≤ 3 %); {b:.2} cores busy on average", 100.0 * p, batch.parse::<usize>().unwrap_or(0) * seq.parse::<usize>().unwrap_or(0));
@@ -328,6 +332,10 @@ fn bench_step(rest: &[String]) -> Result<(), String> {
             );
             ratios.record("sculpt plain step vs PyTorch (tokens/s)", tf / sf);
             ratios.record("sculpt OSFT vs PEFT OSF, k = R/2 (tokens/s, goal ≥ 1)", tp / so);
+            if let Some(fac) = get(&lines, "sculpt-osft-factors") {
+                println!("pair {pair}: sculpt OSFT with the high parts as factors vs PEFT OSF (k = R/2) {:.2}×", tp / fac);
+                ratios.record("sculpt OSFT (high parts as factors) vs PEFT OSF, k = R/2 (tokens/s)", tp / fac);
+            }
         }
         if let (Some(tp8), Some(s8)) = (get(&torch, "peft-osf-0.8"), get(&lines, "sculpt-k0.8-complement")) {
             println!("pair {pair}: tokens/s vs PEFT OSF preserving 0.8 R: sculpt (bases auto) {:.2}×", tp8 / s8);
