@@ -468,6 +468,10 @@ impl FitAdvice {
     }
 }
 
+/// One change [`fit`] may make: applied to a config, the lines that make it (`None` when it does
+/// not apply).
+type FitChange = Box<dyn Fn(&mut RunConfig) -> Option<String>>;
+
 /// Whether `cfg`'s run fits `budget` bytes by its plan, and if not, which config changes make it
 /// fit: tried one after another, each kept, the least costly first — per-block activation
 /// checkpointing (exact; recomputes the forward), OSFT's high parts as factors (the SVD's
@@ -480,7 +484,7 @@ pub fn fit(cfg: &RunConfig, seq: Option<usize>, budget: u64) -> Result<FitAdvice
     let mut advice = FitAdvice { budget, total, steps: vec![], fits: total <= budget };
     let mut c = cfg.clone();
     let osft = c.method == Method::Osft;
-    let mut changes: Vec<(Box<dyn Fn(&mut RunConfig) -> Option<String>>, &'static str)> = vec![
+    let mut changes: Vec<(FitChange, &'static str)> = vec![
         (
             Box::new(|c: &mut RunConfig| {
                 (c.train.activation_checkpointing != Checkpointing::Blocks).then(|| {
