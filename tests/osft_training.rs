@@ -101,6 +101,12 @@ fn three_sgd_steps_match_peft_osf() {
     }
 }
 
+/// The tiny fixture `name` (a LLaMA) on the CPU backend.
+fn tiny_llama(name: &str) -> sculpt_models::llama::Llama<Ad> {
+    let Model::Llama(m) = Pretrained::<Ad>::load(&tiny_fixture(name), &Default::default()).unwrap().model else { panic!("{name} is not a LLaMA") };
+    m
+}
+
 /// `steps` OSFT training steps on one batch (the low factors decayed, no clipping); the model
 /// and the last loss.
 fn osft_steps(
@@ -476,12 +482,11 @@ fn block_checkpointing_gives_the_whole_graphs_gradients() {
 #[test]
 fn block_checkpointing_trains_like_the_whole_graph() {
     use sculpt_train::step::train_step_accumulated;
-    let device = Default::default();
     let name = "llama-gqa-untied-tiny";
     let batches = vec![padded_batch(true), batch_of(name)];
     let train = TrainSection { lr: 1e-2, max_grad_norm: 1.0, ..Default::default() };
     let go = |blocks: bool| {
-        let Model::Llama(m) = Pretrained::<Ad>::load(&tiny_fixture(name), &device).unwrap().model else { unreachable!() };
+        let m = tiny_llama(name);
         let (mut model, osft) = Osft::attach(m, &OsftConfig::default(), "llama", None).unwrap();
         let trainable = osft.low_param_ids();
         let mut opt = TaskOptimizer::new(&train, trainable.iter().map(|(id, _)| *id).collect());
@@ -607,12 +612,11 @@ fn sharded_steps_train_like_one_pass() {
 #[test]
 fn complement_bases_train_like_the_frozen_bases() {
     use sculpt_osft::{ProjectionBases, RankRule};
-    let device = Default::default();
     let name = "llama-gqa-untied-tiny";
     let batch = batch_of(name);
     let train = TrainSection { lr: 1e-2, max_grad_norm: 0.0, weight_decay: 0.01, ..Default::default() };
     let go = |bases: ProjectionBases| {
-        let Model::Llama(m) = Pretrained::<Ad>::load(&tiny_fixture(name), &device).unwrap().model else { unreachable!() };
+        let m = tiny_llama(name);
         let cfg = OsftConfig { rank: RankRule::Preserve { fraction: Some(0.75), count: None }, bases, ..Default::default() };
         let (model, osft) = Osft::attach(m, &cfg, "llama", None).unwrap();
         let sides = osft.complement_sides();
@@ -680,10 +684,7 @@ fn bf16_frozen_part_is_the_rounded_fp32_one_and_trains_alike() {
     let device = Default::default();
     let name = "llama-gqa-untied-tiny";
     let batch = batch_of(name);
-    let load = || {
-        let Model::Llama(m) = Pretrained::<Ad>::load(&tiny_fixture(name), &device).unwrap().model else { unreachable!() };
-        m
-    };
+    let load = || tiny_llama(name);
     let ids = || sculpt_models::layers::ids_tensor(&batch.input_ids, &device);
     let base = load();
     let logits_before = to_host(base.forward(ids(), None, None));
@@ -775,10 +776,7 @@ fn factored_high_parts_share_the_bases_and_train_like_dense_ones() {
     let device = Default::default();
     let name = "llama-gqa-untied-tiny";
     let batch = batch_of(name);
-    let load = || {
-        let Model::Llama(m) = Pretrained::<Ad>::load(&tiny_fixture(name), &device).unwrap().model else { unreachable!() };
-        m
-    };
+    let load = || tiny_llama(name);
     let ids = || sculpt_models::layers::ids_tensor(&batch.input_ids, &device);
     let logits_before = to_host(load().forward(ids(), None, None));
     let scale = logits_before.data.iter().fold(0f32, |a, x| a.max(x.abs()));

@@ -563,24 +563,31 @@ fn wgpu_smoke() -> Result<(), String> {
     eprintln!("xtask: wgpu bench projects with the kernels, or with burn matmuls when asked");
     // With no Vulkan driver to find, the cause (cubecl-wgpu's panic in its device thread) and a
     // hint reach the user, not only the main thread's `RecvError`, before the demo writes anything.
-    let out_dir = std::env::temp_dir().join(format!("sculpt-wgpu-refusal-{}", std::process::id()));
-    let out = Command::new(&bin)
-        .args(["--backend", "wgpu", "demo", "--output"])
-        .arg(&out_dir)
-        .env("SCULPT_LOG", "error")
-        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
-        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let (out, wrote) = demo_without_driver("wgpu", &[("SCULPT_LOG", "error"), ("VK_ICD_FILENAMES", "/nonexistent/icd.json"), ("VK_DRIVER_FILES", "/nonexistent/icd.json")])?;
     let err = String::from_utf8_lossy(&out.stderr);
-    let wrote = out_dir.exists();
-    let _ = std::fs::remove_dir_all(&out_dir);
     if out.status.success() || !err.contains("error: the Wgpu backend failed: No possible adapter") || !err.contains("mesa-vulkan-drivers") || wrote {
         return Err(format!("wgpu without a Vulkan driver: expected the adapter error and the hint before any output, got status {} (output folder written: {wrote}) and\n{err}", out.status));
     }
     eprintln!("xtask: wgpu without a Vulkan driver names the missing adapter before writing anything");
     Ok(())
+}
+
+/// `sculpt --backend <backend> demo` into a fresh temporary folder with `env` set (and no
+/// `RUST_BACKTRACE`, so the panic hook reports): its output, and whether it wrote that folder
+/// (which is removed again).
+fn demo_without_driver(backend: &str, env: &[(&str, &str)]) -> Result<(std::process::Output, bool), String> {
+    let bin = debug_sculpt();
+    let out_dir = std::env::temp_dir().join(format!("sculpt-{backend}-refusal-{}", std::process::id()));
+    let out = Command::new(&bin)
+        .args(["--backend", backend, "demo", "--output"])
+        .arg(&out_dir)
+        .envs(env.iter().copied())
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let wrote = out_dir.exists();
+    let _ = std::fs::remove_dir_all(&out_dir);
+    Ok((out, wrote))
 }
 
 /// On a machine without an NVIDIA driver (CI's), `--backend cuda` must stop before any work with
@@ -592,18 +599,8 @@ fn cuda_without_driver() -> Result<(), String> {
         eprintln!("xtask: this machine has a libcuda; the no-driver check of --backend cuda is skipped");
         return Ok(());
     }
-    let bin = debug_sculpt();
-    let out_dir = std::env::temp_dir().join(format!("sculpt-cuda-refusal-{}", std::process::id()));
-    let out = Command::new(&bin)
-        .args(["--backend", "cuda", "demo", "--output"])
-        .arg(&out_dir)
-        .env("SCULPT_LOG", "warn")
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let (out, wrote) = demo_without_driver("cuda", &[("SCULPT_LOG", "warn")])?;
     let err = String::from_utf8_lossy(&out.stderr);
-    let wrote = out_dir.exists();
-    let _ = std::fs::remove_dir_all(&out_dir);
     if out.status.success() || !err.contains("--backend cuda cannot run on this machine") || !err.contains("libcuda") || err.contains("panicked") || wrote {
         return Err(format!("--backend cuda without a driver: expected a refusal naming libcuda before any output, got status {} (output folder written: {wrote}) and\n{err}", out.status));
     }
