@@ -55,8 +55,9 @@ enum Command {
         /// Run config (TOML).
         #[arg(long)]
         config: PathBuf,
-        /// Sequence length for the activation estimate (default: data.max_prompt_tokens +
-        /// data.max_answer_tokens).
+        /// Sequence length for the activation estimate (default: the longest training example
+        /// of the pre-tokenized tasks, and data.max_prompt_tokens + data.max_answer_tokens for
+        /// the text formats, whichever is larger).
         #[arg(long)]
         seq: Option<usize>,
         /// Device memory in GiB (e.g. 74.5 for an 80 GB card): say whether the run fits, and if
@@ -305,7 +306,9 @@ fn run_on<B: burn::tensor::backend::Backend + sculpt_kernels::ProjectionOps>(com
         }
         Command::Plan { config, seq, fit } => {
             let cfg = sculpt_train::RunConfig::load(&config)?;
-            print!("{}", sculpt_train::plan::plan(&cfg, seq)?.to_text());
+            let planned = sculpt_train::plan::plan(&cfg, seq);
+            let planned = if seq.is_none() { planned.context("the plan reads each pre-tokenized training file for its longest example (`--seq N` plans at N tokens without reading them)")? } else { planned? };
+            print!("{}", planned.to_text());
             if let Some(gib) = fit {
                 anyhow::ensure!(gib.is_finite() && gib > 0.0, "--fit: {gib} is not a positive number of GiB");
                 print!("{}", sculpt_train::plan::fit(&cfg, seq, (gib * (1u64 << 30) as f64) as u64)?.to_text());

@@ -378,6 +378,29 @@ fn memory_plan_matches_the_measured_peak() {
     assert!(measured >= 0.7 * planned && measured <= 2.0 * planned, "{line}\n{plan_text}");
 }
 
+/// `sculpt plan` plans a pre-tokenized stream at its longest example, says so, and names the
+/// file it could not read (pointing at `--seq`, which plans without reading it).
+#[test]
+fn plan_reads_the_sequence_length_from_pretokenized_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("run.toml");
+    let write = |data: &str| {
+        let model = fixture("llama-gqa-untied-tiny");
+        std::fs::write(&cfg, format!("model = {model:?}\noutput = \"o\"\n[[tasks]]\nname = \"t\"\ndata = \"{data}\"\n")).unwrap();
+    };
+    std::fs::write(dir.path().join("t.jsonl"), "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]}\n").unwrap();
+    write("t.jsonl");
+    let out = sculpt().args(["plan", "--config"]).arg(&cfg).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && text.contains("× 11 tokens (the longest example of task t)"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    write("absent.jsonl");
+    let out = sculpt().args(["plan", "--config"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && err.contains("absent.jsonl") && err.contains("--seq"), "{err}");
+    let out = sculpt().args(["plan", "--config"]).arg(&cfg).args(["--seq", "64"]).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("× 64 tokens (--seq)"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// `sculpt bench` prints one JSON line with the forward and OSFT-step throughput.
 #[test]
 fn bench_prints_throughput() {

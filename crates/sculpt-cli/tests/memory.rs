@@ -30,7 +30,7 @@ fn peak_osft(dir: &Path, checkpointing: &str, precision: &str, osft: &str) -> (f
         &cfg,
         format!(
             "model = \"base-model\"\noutput = \"out-{tag}-{precision}\"\nmethod = \"osft\"\n[train]\nbatch_size = 8\nmax_steps = 2\nlr = 1e-3\nactivation_checkpointing = {checkpointing}\nprecision = \"{precision}\"\n[osft]\n{osft}\n\
-             [data]\nmax_prompt_tokens = 512\nmax_answer_tokens = 1\n[eval]\nenabled = false\n[[tasks]]\nname = \"long\"\ndata = \"long.jsonl\"\n"
+             [eval]\nenabled = false\n[[tasks]]\nname = \"long\"\ndata = \"long.jsonl\"\n"
         ),
     )
     .unwrap();
@@ -46,7 +46,7 @@ fn peak_osft(dir: &Path, checkpointing: &str, precision: &str, osft: &str) -> (f
 fn long_sequences(dir: &Path) {
     let dims = sculpt_train::demo::LlamaDims { hidden: 256, intermediate: 768, layers: 8, heads: 4, kv_heads: 2 };
     sculpt_train::demo::write_random_llama(&dir.join("base-model"), dims, 0).unwrap();
-    // 8 sequences of 512 tokens (plan: batch 8 × 513).
+    // 8 sequences of 512 tokens (the plan reads the longest: batch 8 × 512).
     let rows: Vec<String> = (0..8)
         .map(|r| {
             let ids: Vec<String> = (0..512).map(|i| ((r * 31 + i * 7) % 40 + 4).to_string()).collect();

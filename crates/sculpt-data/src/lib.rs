@@ -8,6 +8,6 @@ pub mod text;
 
 pub use batch::{Batch, Batcher};
 pub use error::{DataError, Result};
-pub use pretokenized::{read_pretokenized, Example};
+pub use pretokenized::{longest_pretokenized, read_pretokenized, Example};
 pub use score::Metric;
 pub use text::{exact_match, normalize_answer, Split, TextExample};

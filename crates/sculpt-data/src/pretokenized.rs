@@ -66,6 +66,41 @@ pub fn read_pretokenized(path: &Path, same_length: bool, vocab: usize) -> Result
     Ok(out)
 }
 
+/// One line's list lengths, without the ids (what [`longest_pretokenized`] reads).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Lengths {
+    input_ids: Vec<serde::de::IgnoredAny>,
+    labels: Option<Vec<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    attention_mask: Option<serde::de::IgnoredAny>,
+}
+
+/// The longest `input_ids` and the longest `labels` (a line without `labels` counts its
+/// `input_ids`) of a pre-tokenized JSONL file, read without keeping any id: what a memory plan
+/// needs before the model's vocabulary is known. Blank lines are skipped; a line that is not a
+/// `{"input_ids": [...], ...}` object is an error naming the file and line, as in
+/// [`read_pretokenized`].
+pub fn longest_pretokenized(path: &Path) -> Result<(usize, usize)> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::Io { path: path.to_path_buf(), source: e })?;
+    let (mut inputs, mut labels, mut any) = (0, 0, false);
+    for (i, raw) in text.lines().enumerate() {
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let l: Lengths = serde_json::from_str(raw)
+            .map_err(|e| DataError::Line { path: path.to_path_buf(), line: i + 1, msg: format!("expected {{\"input_ids\": [...], \"labels\": [...]}}: {e}") })?;
+        inputs = inputs.max(l.input_ids.len());
+        labels = labels.max(l.labels.map_or(l.input_ids.len(), |x| x.len()));
+        any = true;
+    }
+    if !any {
+        return Err(DataError::Empty { path: path.to_path_buf() });
+    }
+    Ok((inputs, labels))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +131,22 @@ mod tests {
         ];
         for (text, want) in cases {
             let e = read(text, true).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn longest_lists_without_reading_ids() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        // Labels longer than the inputs (an encoder–decoder example), a line without labels,
+        // and ids no vocabulary bounds yet.
+        std::fs::write(f.path(), "{\"input_ids\":[1,2,3],\"labels\":[1,2,3,4,5]}\n\n{\"input_ids\":[9,9,9,9,9,9,999999]}\n").unwrap();
+        assert_eq!(longest_pretokenized(f.path()).unwrap(), (7, 7));
+        std::fs::write(f.path(), "{\"input_ids\":[1,2],\"labels\":[1,2,3,4]}\n").unwrap();
+        assert_eq!(longest_pretokenized(f.path()).unwrap(), (2, 4));
+        for (text, want) in [("{\"input_ids\":[1]}\n{\"ids\":[1]}\n", ":2:"), ("\n", "no examples")] {
+            std::fs::write(f.path(), text).unwrap();
+            let e = longest_pretokenized(f.path()).unwrap_err().to_string();
             assert!(e.contains(want), "{text:?}: {e}");
         }
     }

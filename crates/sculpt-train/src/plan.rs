@@ -62,6 +62,9 @@ pub struct MemoryPlan {
     pub batch: usize,
     /// Sequence length.
     pub seq: usize,
+    /// Where `seq` comes from: `--seq`, the longest example of a pre-tokenized task, or the
+    /// text formats' `data.max_prompt_tokens + data.max_answer_tokens`.
+    pub seq_from: String,
     /// bf16 mixed precision (`train.precision = "bf16"`).
     pub bf16: bool,
 }
@@ -84,13 +87,14 @@ impl MemoryPlan {
     pub fn to_text(&self) -> String {
         let gib = |b: u64| format!("{:>10.3} GiB", b as f64 / (1u64 << 30) as f64);
         let mut s = format!(
-            "memory plan: {} {}, {} parameters ({} trainable), batch {} × {} tokens, {}\n",
+            "memory plan: {} {}, {} parameters ({} trainable), batch {} × {} tokens ({}), {}\n",
             self.family,
             self.method.name(),
             self.parameters,
             self.trainable,
             self.batch,
             self.seq,
+            self.seq_from,
             if self.bf16 { "bf16 mixed precision (fp32 master weights)" } else { "fp32" }
         );
         for r in &self.rows {
@@ -222,6 +226,32 @@ pub fn activations(config: &serde_json::Value, b: usize, s: usize, bf16: bool) -
     ((plain * F32 as f64) as u64, (ckpt * F32 as f64) as u64, (blocks * F32 as f64) as u64)
 }
 
+/// The sequence length a run's activations are planned at, and where it comes from: the
+/// largest over the tasks of
+/// - for a pre-tokenized task, its longest training example (`input_ids`; for an
+///   encoder–decoder model the longer of `input_ids` and `labels`, since the plan runs both
+///   stacks at one length): these files are used as they are, however long;
+/// - for the text formats, `data.max_prompt_tokens + data.max_answer_tokens`, beyond which
+///   their examples are cut or refused.
+///
+/// A batch pads to its longest row, so every row is planned at this length.
+pub fn data_seq(cfg: &RunConfig, encoder_decoder: bool) -> Result<(usize, String)> {
+    let bound = (cfg.data.max_prompt_tokens + cfg.data.max_answer_tokens, "data.max_prompt_tokens + data.max_answer_tokens".to_string());
+    let mut longest: Option<(usize, String)> = None;
+    for t in &cfg.tasks {
+        let this = if t.format == crate::config::DataFormat::Pretokenized {
+            let (inputs, labels) = sculpt_data::longest_pretokenized(&t.data)?;
+            (if encoder_decoder { inputs.max(labels) } else { inputs }, format!("the longest example of task {}", t.name))
+        } else {
+            bound.clone()
+        };
+        if longest.as_ref().is_none_or(|(l, _)| this.0 > *l) {
+            longest = Some(this);
+        }
+    }
+    Ok(longest.unwrap_or(bound))
+}
+
 /// The block a parameter or module name belongs to (`model.layers.3`, `encoder.block.0`), if any.
 fn block_of(n: &str) -> Option<String> {
     let (a, r) = n.split_once(".layers.").or_else(|| n.split_once(".block."))?;
@@ -240,11 +270,15 @@ fn largest_block(items: impl IntoIterator<Item = (Option<String>, u64)>) -> u64 
     per_block.values().copied().max().unwrap_or(0)
 }
 
-/// The estimate for `cfg` (batch `train.batch_size`, sequence `data.max_prompt_tokens +
-/// data.max_answer_tokens` unless `seq` is given).
+/// The estimate for `cfg` (batch `train.batch_size`, sequence `seq`, else the one
+/// [`data_seq`] reads from the tasks).
 pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
     let (config, shapes) = parameter_shapes(&cfg.model)?;
     let family = config.get("model_type").and_then(|v| v.as_str()).unwrap_or("llama").to_string();
+    let (seq, seq_from) = match seq {
+        Some(s) => (s, "--seq".to_string()),
+        None => data_seq(cfg, family == "t5")?,
+    };
     // Tied aliases are stored once.
     let parameters: u64 = shapes.values().map(|s| s.iter().product::<usize>() as u64).sum();
     let osft_patterns = cfg.osft.targets.clone().unwrap_or_else(|| default_targets(&family));
@@ -255,7 +289,6 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
     };
     let adam = matches!(cfg.train.optimizer, crate::config::OptimizerKind::Adamw);
     let batch = cfg.train.batch_size;
-    let seq = seq.unwrap_or(cfg.data.max_prompt_tokens + cfg.data.max_answer_tokens);
     let bf16 = cfg.train.precision == crate::config::Precision::Bf16;
     // Row shards each run their own graph on `batch / shards` rows (unset: planned as one).
     let shards = cfg.train.row_shards.unwrap_or(1).clamp(1, batch.max(1));
@@ -408,7 +441,7 @@ pub fn plan(cfg: &RunConfig, seq: Option<usize>) -> Result<MemoryPlan> {
     let (merged_copies_checkpointed, frozen_copies_checkpointed) = (alive(&merged), alive(&frozen_copies));
     let (activations, ops, blocks) = activations(&config, batch, seq, bf16);
     let activations_checkpointed = if checkpointing == Checkpointing::Ops { ops } else { blocks };
-    Ok(MemoryPlan { family, method: cfg.method, parameters, trainable, rows, activations, activations_checkpointed, checkpointing, bf16_copies_checkpointed, merged_copies_checkpointed, frozen_copies_checkpointed, batch, seq, bf16 })
+    Ok(MemoryPlan { family, method: cfg.method, parameters, trainable, rows, activations, activations_checkpointed, checkpointing, bf16_copies_checkpointed, merged_copies_checkpointed, frozen_copies_checkpointed, batch, seq, seq_from, bf16 })
 }
 
 /// The planned total of `cfg`'s run as it is configured: with its activation checkpointing, or
@@ -480,7 +513,10 @@ type FitChange = Box<dyn Fn(&mut RunConfig) -> Option<String>>;
 /// (one rounding), and bf16 mixed precision — until the plan fits. A change that would not
 /// lower the plan is skipped.
 pub fn fit(cfg: &RunConfig, seq: Option<usize>, budget: u64) -> Result<FitAdvice> {
-    let total = configured_total(cfg, &plan(cfg, seq)?);
+    let first = plan(cfg, seq)?;
+    let total = configured_total(cfg, &first);
+    // The trials change no data: plan them at the length found once.
+    let seq = Some(first.seq);
     let mut advice = FitAdvice { budget, total, steps: vec![], fits: total <= budget };
     let mut c = cfg.clone();
     let osft = c.method == Method::Osft;
@@ -613,6 +649,42 @@ mod tests {
     fn cfg(model: &Path, method: &str, extra: &str) -> RunConfig {
         let text = format!("model = {model:?}\noutput = \"o\"\nmethod = \"{method}\"\n{extra}\n[[tasks]]\nname = \"a\"\ndata = \"a.jsonl\"\n");
         RunConfig::from_toml(Path::new("/x/run.toml"), &text).unwrap()
+    }
+
+    /// Without `--seq` the activations are planned at the data's length: a pre-tokenized task's
+    /// longest example (for an encoder–decoder model, the longer of its lists), the text formats'
+    /// token limits, the largest over the tasks; an unreadable file is an error naming it.
+    #[test]
+    fn the_sequence_comes_from_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        llama_folder(dir.path(), 64, 128, 2, 4, 2, 64);
+        let line = |i: usize, l: usize| format!("{{\"input_ids\": {:?}, \"labels\": {:?}}}\n", vec![1; i], vec![1; l]);
+        std::fs::write(dir.path().join("short.jsonl"), line(5, 5) + &line(9, 3)).unwrap();
+        std::fs::write(dir.path().join("long.jsonl"), line(40, 40) + "\n" + &line(12, 70)).unwrap();
+        let run = |tasks: &str| {
+            let text = format!("model = {:?}\noutput = \"o\"\n[data]\nmax_prompt_tokens = 20\nmax_answer_tokens = 4\n{tasks}", dir.path());
+            RunConfig::from_toml(&dir.path().join("run.toml"), &text).unwrap()
+        };
+        let task = |name: &str, extra: &str| format!("[[tasks]]\nname = \"{name}\"\ndata = \"{name}.jsonl\"\n{extra}");
+        let short = run(&task("short", ""));
+        let both = run(&(task("short", "") + &task("long", "")));
+        assert_eq!(data_seq(&short, false).unwrap(), (9, "the longest example of task short".to_string()));
+        assert_eq!(data_seq(&both, false).unwrap(), (40, "the longest example of task long".to_string()));
+        assert_eq!(data_seq(&both, true).unwrap().0, 70, "an encoder–decoder plan takes the longer list");
+        // A text task is bounded by the limits (20 + 4), and wins over shorter pre-tokenized data.
+        let olora = run(&(task("short", "") + &task("text", "format = \"olora\"")));
+        assert_eq!(data_seq(&olora, false).unwrap(), (24, "data.max_prompt_tokens + data.max_answer_tokens".to_string()));
+        // The plan itself, and its activations, follow; `--seq` still wins.
+        let (p9, p40, given) = (plan(&short, None).unwrap(), plan(&both, None).unwrap(), plan(&both, Some(9)).unwrap());
+        assert_eq!((p9.seq, p40.seq, given.seq), (9, 40, 9));
+        assert!(p9.to_text().contains("batch 8 × 9 tokens (the longest example of task short)"), "{}", p9.to_text());
+        assert!(given.to_text().contains("× 9 tokens (--seq)"), "{}", given.to_text());
+        assert_eq!(given.activations, p9.activations);
+        assert!(p40.activations > 4 * p9.activations, "{} vs {}", p40.activations, p9.activations);
+        let missing = run(&task("absent", ""));
+        let e = plan(&missing, None).unwrap_err().to_string();
+        assert!(e.contains("absent.jsonl"), "{e}");
+        assert!(plan(&missing, Some(16)).is_ok(), "with --seq the data is not read");
     }
 
     /// Targets whose low-rank term multiplies in the merged form add their dense fp32 weights
