@@ -121,6 +121,46 @@ fn resume_from_the_task_2_checkpoint_reproduces_the_run() {
     }
 }
 
+/// A fresh start into a folder that holds an earlier run is refused and changes nothing there;
+/// `overwrite` deletes that run's checkpoints, model and results first, so none of its
+/// checkpoints is left for a later `resume` to pick up; a run that stopped before its first
+/// checkpoint left nothing to protect.
+#[test]
+fn a_fresh_run_never_overwrites_an_earlier_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = demo(dir.path(), 1);
+    cfg.output = dir.path().join("run");
+    cfg.tasks.truncate(2);
+    train_with::<Ad>(&cfg, &Default::default(), RunOptions::default()).unwrap();
+    let snapshot = |cfg: &RunConfig| {
+        ["run_config.toml", "results.json", "metrics.jsonl", "model/model.safetensors"].map(|f| std::fs::read(cfg.output.join(f)).unwrap())
+    };
+    let before = snapshot(&cfg);
+    let mut changed = cfg.clone();
+    changed.train.lr *= 2.0;
+    changed.tasks.truncate(1);
+    let e = train_with::<Ad>(&changed, &Default::default(), RunOptions::default()).unwrap_err();
+    assert!(matches!(e, sculpt_train::TrainError::OutputInUse { .. }), "{e}");
+    let e = e.to_string();
+    assert!(e.contains("2 checkpoints, model, results.json") && e.contains("--overwrite") && e.contains("--resume"), "{e}");
+    assert!(snapshot(&cfg) == before, "a refused start changed the earlier run's files");
+
+    let s = train_with::<Ad>(&changed, &Default::default(), RunOptions { overwrite: true, ..Default::default() }).unwrap();
+    assert_eq!(s.results.matrix.tasks, ["cipher-a"]);
+    let left: Vec<String> = std::fs::read_dir(changed.output.join("checkpoints")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, ["task-01-cipher-a"], "the earlier run's task-2 checkpoint must be gone");
+    assert!(std::fs::read_to_string(changed.output.join("run_config.toml")).unwrap() != String::from_utf8(before[0].clone()).unwrap());
+
+    // Only a config and a log, as a run that failed before its first checkpoint leaves them.
+    let early = dir.path().join("early");
+    std::fs::create_dir_all(&early).unwrap();
+    std::fs::write(early.join("run_config.toml"), "x").unwrap();
+    std::fs::write(early.join("metrics.jsonl"), "{}\n").unwrap();
+    let mut again = changed.clone();
+    again.output = early;
+    train_with::<Ad>(&again, &Default::default(), RunOptions::default()).unwrap();
+}
+
 #[test]
 fn resume_refuses_a_changed_config() {
     let dir = tempfile::tempdir().unwrap();
@@ -281,7 +321,7 @@ fn a_stop_at_a_task_boundary_ends_the_run_there() {
     let stop = Arc::new(AtomicBool::new(true));
     let mut seen = vec![];
     let done = loop {
-        match train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: !seen.is_empty(), stop: Some(stop.clone()) }) {
+        match train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: !seen.is_empty(), stop: Some(stop.clone()), overwrite: false }) {
             Ok(r) => break r,
             Err(sculpt_train::TrainError::Interrupted { task, step, .. }) => seen.push((task, step)),
             Err(e) => panic!("{e}"),
@@ -333,7 +373,7 @@ fn stopping_inside_a_task_and_resuming_is_bit_identical() {
         cfg.output = dir.path().join(format!("stopped-{tag}"));
         let stop = Arc::new(AtomicBool::new(true));
         for i in 0..3 {
-            let e = train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: i > 0, stop: Some(stop.clone()) }).unwrap_err();
+            let e = train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: i > 0, stop: Some(stop.clone()), overwrite: false }).unwrap_err();
             assert!(matches!(e, sculpt_train::TrainError::Interrupted { step, .. } if step == i), "{method:?}: {e}");
         }
         // Once more, stopped as soon as task 2 has begun.
@@ -352,12 +392,12 @@ fn stopping_inside_a_task_and_resuming_is_bit_identical() {
                 }
             })
         };
-        let r = train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: true, stop: Some(stop.clone()) });
+        let r = train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: true, stop: Some(stop.clone()), overwrite: false });
         watch.join().unwrap();
         if let Err(e) = &r {
             assert!(matches!(e, sculpt_train::TrainError::Interrupted { .. }), "{e}");
         }
-        let done = train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: true, stop: None }).unwrap();
+        let done = train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: true, stop: None, overwrite: false }).unwrap();
         assert_eq!(done.results.matrix, full.results.matrix, "{method:?}");
         assert_eq!(std::fs::read_to_string(cfg.output.join("metrics.jsonl")).unwrap(), metrics, "{method:?}: loss curve differs");
         assert!(read_model(&done.model_dir) == weights, "{method:?}: final weights differ");

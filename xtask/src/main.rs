@@ -482,9 +482,9 @@ fn bench_cl(rest: &[String]) -> Result<(), String> {
     cmd.args(["--backend", &backend, "compare", "--methods", &methods, "--config"]).arg(&cfg_path);
     // `--resume` goes on from each method's latest per-task checkpoint (same settings only), so
     // the bench can be spread over several sittings; the wall time printed is this sitting's.
-    if rest.iter().any(|a| a == "--resume") {
-        cmd.arg("--resume");
-    }
+    // Without it, each method's folder starts over (a folder holding an earlier bench is
+    // otherwise refused).
+    cmd.arg(if rest.iter().any(|a| a == "--resume") { "--resume" } else { "--overwrite" });
     run(&mut cmd)?;
     println!("cl bench: SmolLM2-135M, 4 tasks (agnews → amazon → dbpedia → yahoo), methods {methods}, wall {:.0} s", t0.elapsed().as_secs_f64());
     println!("reproduce: cargo xtask bench cl {}", rest.join(" "));

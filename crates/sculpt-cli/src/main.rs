@@ -43,11 +43,15 @@ enum Command {
         /// Run config (TOML).
         #[arg(long)]
         config: PathBuf,
-        /// Continue from the latest complete checkpoint in the run's output folder (a run
-        /// interrupted mid-task restarts that task from its beginning, which reproduces the
-        /// uninterrupted run exactly).
+        /// Continue from the latest complete checkpoint in the run's output folder, after a
+        /// task or inside one; the result equals the uninterrupted run's.
         #[arg(long)]
         resume: bool,
+        /// Start afresh in an output folder that holds an earlier run, deleting its
+        /// checkpoints, final model and results first (without it, or `--resume`, such a folder
+        /// is refused).
+        #[arg(long, conflicts_with = "resume")]
+        overwrite: bool,
     },
     /// Print the memory estimate of a run (parameters, trainable and frozen factors, gradients,
     /// optimizer state, activations with and without checkpointing) without running it.
@@ -134,6 +138,10 @@ enum Command {
         /// Continue each run from its latest checkpoint.
         #[arg(long)]
         resume: bool,
+        /// Start each method afresh where its folder holds an earlier run, deleting that run's
+        /// checkpoints, final model and results first.
+        #[arg(long, conflicts_with = "resume")]
+        overwrite: bool,
     },
     /// The embedded demo: generates a tiny model and a 3-task stream (no downloads), compares
     /// OSFT with sequential fine-tuning, prints both accuracy matrices and writes the report.
@@ -315,7 +323,7 @@ fn run_on<B: burn::tensor::backend::Backend + sculpt_kernels::ProjectionOps>(com
             }
             Ok(())
         }
-        Command::Train { config, resume } => {
+        Command::Train { config, resume, overwrite } => {
             let cfg = sculpt_train::RunConfig::load(&config)?;
             let rss_start = sculpt_train::plan::rss_bytes();
             let planned = match sculpt_train::plan::plan(&cfg, None) {
@@ -328,7 +336,7 @@ fn run_on<B: burn::tensor::backend::Backend + sculpt_kernels::ProjectionOps>(com
                     None
                 }
             };
-            let opts = sculpt_train::RunOptions { resume, stop: Some(stop_flag()?) };
+            let opts = sculpt_train::RunOptions { resume, overwrite, stop: Some(stop_flag()?) };
             use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
             let summary = if cfg.train.activation_checkpointing == sculpt_train::config::Checkpointing::Ops {
                 sculpt_train::train_with::<burn::backend::Autodiff<B, BalancedCheckpointing>>(&cfg, device, opts)?
@@ -357,16 +365,18 @@ fn run_on<B: burn::tensor::backend::Backend + sculpt_kernels::ProjectionOps>(com
             }
             Ok(())
         }
-        Command::Compare { config, methods, resume } => {
+        Command::Compare { config, methods, resume, overwrite } => {
             let cfg = sculpt_train::RunConfig::load(&config)?;
             let methods = parse_methods(&methods)?;
-            compare_on::<B>(&cfg, &methods, device, sculpt_train::RunOptions { resume, stop: Some(stop_flag()?) })
+            compare_on::<B>(&cfg, &methods, device, sculpt_train::RunOptions { resume, overwrite, stop: Some(stop_flag()?) })
         }
         Command::Demo { output, methods } => {
             let methods = parse_methods(&methods)?;
             let cfg = sculpt_train::demo::prepare(&output)?;
             println!("demo: a tiny random LLaMA and three cipher tasks written to {}", output.display());
-            compare_on::<B>(&cfg, &methods, device, sculpt_train::RunOptions { resume: false, stop: Some(stop_flag()?) })
+            // The demo's folder is its own (`prepare` has just regenerated the model and data):
+            // each run replaces the last one's results.
+            compare_on::<B>(&cfg, &methods, device, sculpt_train::RunOptions { resume: false, overwrite: true, stop: Some(stop_flag()?) })
         }
         Command::Convert { model, out, dtype } => {
             let m = Pretrained::<B>::load(&model, device).with_context(|| format!("loading {}", model.display()))?;

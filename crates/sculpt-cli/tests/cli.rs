@@ -133,6 +133,19 @@ fn train_writes_model_metrics_and_ranks() {
     let gen = sculpt().args(["generate", "--model"]).arg(run.join("model")).args(["--prompt", "hello", "--max-new-tokens", "3"]).output().unwrap();
     assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
     assert!(run.join("run_config.toml").is_file());
+
+    // The same command again is refused (exit 1, naming both ways on) and leaves the run as it
+    // was; `--overwrite` starts over; it and `--resume` exclude each other.
+    let again = sculpt().args(["train", "--config"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&again.stderr).to_string();
+    assert_eq!(again.status.code(), Some(1), "{err}");
+    assert!(err.contains("already holds a run") && err.contains("--overwrite") && err.contains("--resume"), "{err}");
+    assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(), metrics);
+    let over = sculpt().args(["train", "--overwrite", "--config"]).arg(&cfg).output().unwrap();
+    assert!(over.status.success(), "{}", String::from_utf8_lossy(&over.stderr));
+    assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(), metrics, "the same config retrains to the same curve");
+    let both = sculpt().args(["train", "--overwrite", "--resume", "--config"]).arg(&cfg).output().unwrap();
+    assert!(!both.status.success() && String::from_utf8_lossy(&both.stderr).contains("cannot be used with"), "{}", String::from_utf8_lossy(&both.stderr));
 }
 
 #[test]

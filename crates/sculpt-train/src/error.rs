@@ -48,6 +48,15 @@ pub enum TrainError {
         /// What resuming will do.
         resume: String,
     },
+    /// The output folder holds an earlier run's results, and neither resuming nor overwriting
+    /// was asked for.
+    #[error("{output} already holds a run ({found}); `--resume` continues it, `--overwrite` deletes those results and starts over, or set another `output`")]
+    OutputInUse {
+        /// The run's output folder.
+        output: PathBuf,
+        /// What the earlier run left there.
+        found: String,
+    },
     /// Writing run outputs failed.
     #[error("{path}: {source}")]
     Io {

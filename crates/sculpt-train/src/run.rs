@@ -117,6 +117,32 @@ pub struct RunOptions {
     pub resume: bool,
     /// Set (by a signal handler) to stop after the current step.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Start afresh in an output folder that holds an earlier run: its checkpoints, final model
+    /// and results are deleted first. Without it (and without `resume`) such a folder is an
+    /// error ([`TrainError::OutputInUse`]), so an earlier run is never overwritten half-way and
+    /// a later `resume` never picks up another run's checkpoint.
+    pub overwrite: bool,
+}
+
+/// What a run writes into its output folder besides `run_config.toml`: removed by
+/// [`RunOptions::overwrite`].
+const RUN_OUTPUTS: [&str; 6] = ["checkpoints", "model", "results.json", "report.html", "osft_ranks.json", "metrics.jsonl"];
+
+/// What an earlier run left in `output` that a fresh start would overwrite: its checkpoints,
+/// its final model and its results (a run that stopped before its first checkpoint leaves
+/// nothing worth keeping).
+fn earlier_run(output: &Path) -> Vec<String> {
+    let mut found = vec![];
+    let n = checkpoint_states(output).len();
+    if n > 0 {
+        found.push(format!("{n} checkpoint{}", if n == 1 { "" } else { "s" }));
+    }
+    for name in ["model", "results.json"] {
+        if output.join(name).exists() {
+            found.push(name.to_string());
+        }
+    }
+    found
 }
 
 /// `state.json` of a checkpoint.
@@ -318,6 +344,21 @@ pub fn train_with<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device, opts:
         }
         found
     } else {
+        let found = earlier_run(&cfg.output);
+        if !found.is_empty() {
+            if !opts.overwrite {
+                return Err(TrainError::OutputInUse { output: cfg.output.clone(), found: found.join(", ") });
+            }
+            tracing::warn!(output = %cfg.output.display(), found = %found.join(", "), "--overwrite: deleting the earlier run's results");
+            for name in RUN_OUTPUTS {
+                let p = cfg.output.join(name);
+                let gone = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                match gone {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(TrainError::Io { path: p, source: e }),
+                    _ => {}
+                }
+            }
+        }
         std::fs::write(&cfg_path, &cfg_text).map_err(io_err(&cfg_path))?;
         None
     };
