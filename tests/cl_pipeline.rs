@@ -159,6 +159,19 @@ fn a_fresh_run_never_overwrites_an_earlier_one() {
     let mut again = changed.clone();
     again.output = early;
     train_with::<Ad>(&again, &Default::default(), RunOptions::default()).unwrap();
+
+    // A base model inside `<output>/model` would be written over (and deleted by `overwrite`):
+    // refused before anything is touched, with or without `overwrite`.
+    let mut inside = changed.clone();
+    inside.output = dir.path().join("wrapper");
+    std::fs::create_dir_all(&inside.output).unwrap();
+    std::fs::rename(&changed.model, inside.output.join("model")).unwrap();
+    inside.model = inside.output.join("model");
+    for overwrite in [false, true] {
+        let e = train_with::<Ad>(&inside, &Default::default(), RunOptions { overwrite, ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("`model`") && e.contains("<output>/model"), "{e}");
+        assert!(inside.model.join("config.json").is_file(), "the base model was touched");
+    }
 }
 
 #[test]

@@ -327,6 +327,18 @@ pub fn train_with<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device, opts:
     let cfg_path = cfg.output.join("run_config.toml");
     let cfg_text = toml::to_string_pretty(cfg).expect("config serialises");
     let fresh = !cfg_path.is_file();
+    // The final model goes to `<output>/model`, checkpoints under `<output>/checkpoints`, and
+    // `overwrite` deletes both: neither may hold the base model.
+    if let Ok(base) = std::fs::canonicalize(&cfg.model) {
+        for name in ["model", "checkpoints"] {
+            if std::fs::canonicalize(cfg.output.join(name)).is_ok_and(|d| base.starts_with(&d)) {
+                return Err(TrainError::Config {
+                    path: cfg_path,
+                    msg: format!("`model` ({}) lies in `<output>/{name}`, which the run writes over; set another `output`", cfg.model.display()),
+                });
+            }
+        }
+    }
     if opts.resume && fresh {
         tracing::info!(output = %cfg.output.display(), "nothing to resume in this folder; starting the run");
     }
