@@ -87,6 +87,18 @@ fn demo_osft_keeps_what_seqft_forgets() {
     println!("{}", c.table());
 }
 
+/// `compare` checks every method's folder before the first method trains.
+#[test]
+fn compare_refuses_an_earlier_run_before_training_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sculpt_train::demo::prepare(dir.path()).unwrap();
+    std::fs::create_dir_all(cfg.output.join("osft")).unwrap();
+    std::fs::write(cfg.output.join("osft/results.json"), "{}").unwrap();
+    let e = sculpt_train::compare::compare::<Ad>(&cfg, &[Method::Seqft, Method::Osft], &Default::default(), RunOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("osft") && e.contains("results.json") && e.contains("--overwrite"), "{e}");
+    assert!(!cfg.output.join("seqft").exists(), "seqft trained before the refusal");
+}
+
 fn read_model(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("model.safetensors")).unwrap()
 }

@@ -40,6 +40,17 @@ impl Comparison {
 
 /// Run `methods` on `cfg`'s stream.
 pub fn compare<B: AutodiffBackend>(cfg: &RunConfig, methods: &[Method], device: &B::Device, opts: RunOptions) -> Result<Comparison> {
+    // A method folder holding an earlier run would stop the comparison when its turn comes,
+    // after the methods before it trained: refuse before any of them starts.
+    if !opts.resume && !opts.overwrite {
+        for &m in methods {
+            let output = cfg.output.join(m.name());
+            let found = crate::run::earlier_run(&output);
+            if !found.is_empty() {
+                return Err(TrainError::OutputInUse { output, found: found.join(", ") });
+            }
+        }
+    }
     let mut runs = vec![];
     let mut report_runs = vec![];
     for &m in methods {

@@ -131,7 +131,7 @@ const RUN_OUTPUTS: [&str; 6] = ["checkpoints", "model", "results.json", "report.
 /// What an earlier run left in `output` that a fresh start would overwrite: its checkpoints,
 /// its final model and its results (a run that stopped before its first checkpoint leaves
 /// nothing worth keeping).
-fn earlier_run(output: &Path) -> Vec<String> {
+pub(crate) fn earlier_run(output: &Path) -> Vec<String> {
     let mut found = vec![];
     let n = checkpoint_states(output).len();
     if n > 0 {
