@@ -20,6 +20,15 @@ fn demo(dir: &Path, epochs: usize) -> RunConfig {
     cfg
 }
 
+/// The demo's first `tasks` tasks, one epoch each, trained once into `<dir>/run`.
+fn trained_run(dir: &Path, tasks: usize) -> RunConfig {
+    let mut cfg = demo(dir, 1);
+    cfg.output = dir.join("run");
+    cfg.tasks.truncate(tasks);
+    train_with::<Ad>(&cfg, &Default::default(), RunOptions::default()).unwrap();
+    cfg
+}
+
 fn check_matrix(r: &sculpt_train::RunResults, method: Method) {
     let m = &r.matrix;
     assert_eq!(m.tasks, ["cipher-a", "cipher-b", "cipher-c"]);
@@ -140,10 +149,7 @@ fn resume_from_the_task_2_checkpoint_reproduces_the_run() {
 #[test]
 fn a_fresh_run_never_overwrites_an_earlier_one() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = demo(dir.path(), 1);
-    cfg.output = dir.path().join("run");
-    cfg.tasks.truncate(2);
-    train_with::<Ad>(&cfg, &Default::default(), RunOptions::default()).unwrap();
+    let cfg = trained_run(dir.path(), 2);
     let snapshot = |cfg: &RunConfig| {
         ["run_config.toml", "results.json", "metrics.jsonl", "model/model.safetensors"].map(|f| std::fs::read(cfg.output.join(f)).unwrap())
     };
@@ -189,10 +195,7 @@ fn a_fresh_run_never_overwrites_an_earlier_one() {
 #[test]
 fn resume_refuses_a_changed_config() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = demo(dir.path(), 1);
-    cfg.output = dir.path().join("run");
-    cfg.tasks.truncate(1);
-    train_with::<Ad>(&cfg, &Default::default(), RunOptions::default()).unwrap();
+    let mut cfg = trained_run(dir.path(), 1);
     cfg.train.lr *= 2.0;
     let e = train_with::<Ad>(&cfg, &Default::default(), RunOptions { resume: true, ..Default::default() }).unwrap_err().to_string();
     assert!(e.contains("run_config.toml") && e.contains("differs"), "{e}");

@@ -31,15 +31,11 @@ struct Line {
 /// Read a pre-tokenized JSONL file. `same_length` requires `labels` to match `input_ids` in
 /// length (decoder-only models); `vocab` bounds every id. Blank lines are skipped.
 pub fn read_pretokenized(path: &Path, same_length: bool, vocab: usize) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::Io { path: path.to_path_buf(), source: e })?;
+    let text = read(path)?;
     let mut out = vec![];
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
+    for parsed in lines(&text, path) {
+        let (line, l) = parsed?;
         let err = |msg: String| DataError::Line { path: path.to_path_buf(), line, msg };
-        if raw.trim().is_empty() {
-            continue;
-        }
-        let l: Line = serde_json::from_str(raw).map_err(|e| err(format!("expected {{\"input_ids\": [...], \"labels\": [...]}}: {e}")))?;
         if l.input_ids.is_empty() {
             return Err(err("`input_ids` is empty".into()));
         }
@@ -66,31 +62,30 @@ pub fn read_pretokenized(path: &Path, same_length: bool, vocab: usize) -> Result
     Ok(out)
 }
 
-/// One line's list lengths, without the ids (what [`longest_pretokenized`] reads).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Lengths {
-    input_ids: Vec<serde::de::IgnoredAny>,
-    labels: Option<Vec<serde::de::IgnoredAny>>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    attention_mask: Option<serde::de::IgnoredAny>,
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| DataError::Io { path: path.to_path_buf(), source: e })
+}
+
+/// The non-blank lines of `text` (the file `path`), each parsed as a [`Line`] with its 1-based
+/// line number, in order; a line that is not one is an error naming the file and line.
+fn lines<'a>(text: &'a str, path: &'a Path) -> impl Iterator<Item = Result<(usize, Line)>> + 'a {
+    text.lines().enumerate().filter(|(_, raw)| !raw.trim().is_empty()).map(move |(i, raw)| {
+        serde_json::from_str(raw)
+            .map(|l| (i + 1, l))
+            .map_err(|e| DataError::Line { path: path.to_path_buf(), line: i + 1, msg: format!("expected {{\"input_ids\": [...], \"labels\": [...]}}: {e}") })
+    })
 }
 
 /// The longest `input_ids` and the longest `labels` (a line without `labels` counts its
-/// `input_ids`) of a pre-tokenized JSONL file, read without keeping any id: what a memory plan
+/// `input_ids`) of a pre-tokenized JSONL file, with no id checked or kept: what a memory plan
 /// needs before the model's vocabulary is known. Blank lines are skipped; a line that is not a
 /// `{"input_ids": [...], ...}` object is an error naming the file and line, as in
 /// [`read_pretokenized`].
 pub fn longest_pretokenized(path: &Path) -> Result<(usize, usize)> {
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::Io { path: path.to_path_buf(), source: e })?;
+    let text = read(path)?;
     let (mut inputs, mut labels, mut any) = (0, 0, false);
-    for (i, raw) in text.lines().enumerate() {
-        if raw.trim().is_empty() {
-            continue;
-        }
-        let l: Lengths = serde_json::from_str(raw)
-            .map_err(|e| DataError::Line { path: path.to_path_buf(), line: i + 1, msg: format!("expected {{\"input_ids\": [...], \"labels\": [...]}}: {e}") })?;
+    for parsed in lines(&text, path) {
+        let (_, l) = parsed?;
         inputs = inputs.max(l.input_ids.len());
         labels = labels.max(l.labels.map_or(l.input_ids.len(), |x| x.len()));
         any = true;

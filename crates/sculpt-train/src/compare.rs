@@ -44,11 +44,7 @@ pub fn compare<B: AutodiffBackend>(cfg: &RunConfig, methods: &[Method], device: 
     // after the methods before it trained: refuse before any of them starts.
     if !opts.resume && !opts.overwrite {
         for &m in methods {
-            let output = cfg.output.join(m.name());
-            let found = crate::run::earlier_run(&output);
-            if !found.is_empty() {
-                return Err(TrainError::OutputInUse { output, found: found.join(", ") });
-            }
+            crate::run::ensure_no_earlier_run(&cfg.output.join(m.name()))?;
         }
     }
     let mut runs = vec![];

@@ -131,7 +131,7 @@ const RUN_OUTPUTS: [&str; 6] = ["checkpoints", "model", "results.json", "report.
 /// What an earlier run left in `output` that a fresh start would overwrite: its checkpoints,
 /// its final model and its results (a run that stopped before its first checkpoint leaves
 /// nothing worth keeping).
-pub(crate) fn earlier_run(output: &Path) -> Vec<String> {
+fn earlier_run(output: &Path) -> Vec<String> {
     let mut found = vec![];
     let n = checkpoint_states(output).len();
     if n > 0 {
@@ -143,6 +143,32 @@ pub(crate) fn earlier_run(output: &Path) -> Vec<String> {
         }
     }
     found
+}
+
+/// [`TrainError::OutputInUse`] when an earlier run left results in `output` ([`earlier_run`]).
+pub(crate) fn ensure_no_earlier_run(output: &Path) -> Result<()> {
+    let found = earlier_run(output);
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(TrainError::OutputInUse { output: output.to_path_buf(), found: found.join(", ") })
+}
+
+/// [`RunOptions::overwrite`]: delete what an earlier run left in `output` ([`RUN_OUTPUTS`]).
+fn clear_earlier_run(output: &Path) -> Result<()> {
+    let found = earlier_run(output);
+    if found.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(output = %output.display(), found = %found.join(", "), "--overwrite: deleting the earlier run's results");
+    for name in RUN_OUTPUTS {
+        let p = output.join(name);
+        match if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) } {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(TrainError::Io { path: p, source: e }),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// `state.json` of a checkpoint.
@@ -356,20 +382,10 @@ pub fn train_with<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device, opts:
         }
         found
     } else {
-        let found = earlier_run(&cfg.output);
-        if !found.is_empty() {
-            if !opts.overwrite {
-                return Err(TrainError::OutputInUse { output: cfg.output.clone(), found: found.join(", ") });
-            }
-            tracing::warn!(output = %cfg.output.display(), found = %found.join(", "), "--overwrite: deleting the earlier run's results");
-            for name in RUN_OUTPUTS {
-                let p = cfg.output.join(name);
-                let gone = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-                match gone {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(TrainError::Io { path: p, source: e }),
-                    _ => {}
-                }
-            }
+        if opts.overwrite {
+            clear_earlier_run(&cfg.output)?;
+        } else {
+            ensure_no_earlier_run(&cfg.output)?;
         }
         std::fs::write(&cfg_path, &cfg_text).map_err(io_err(&cfg_path))?;
         None
